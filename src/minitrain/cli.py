@@ -1,0 +1,60 @@
+"""The command line: `minitrain train` and `minitrain compare`. Bad input is one line on stderr
+and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from minitrain.config import ConfigError
+from minitrain.corpus import CorpusError
+from minitrain.rundir import RunDirError
+
+USER_ERRORS = (ConfigError, CorpusError, RunDirError)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="minitrain", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train one run from a config")
+    t.add_argument("config", help="YAML config file")
+    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set optimizer.grad_clip=inf")
+    t.add_argument("--out", help="run directory (default: the config file's folder)")
+    t.add_argument("--force", action="store_true", help="replace a run already in --out")
+    t.add_argument("--quiet", action="store_true", help="no progress line")
+    c = sub.add_parser("compare", help="compare two run directories")
+    c.add_argument("run_a")
+    c.add_argument("run_b")
+    c.add_argument("--out", help="folder for the PNG (default: RUN_B)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            from minitrain import config
+            from minitrain.train import train
+
+            cfg = config.load(args.config, args.overrides)
+            out = Path(args.out) if args.out else Path(args.config).parent
+            summary = train(cfg, out, progress=not args.quiet, replace=args.force)
+            print(f"{out}: {summary['status']} after {summary['steps_completed']} steps, "
+                  f"whole-set loss {summary['final_train_loss']}, {summary['wall_s']} s")
+            # a diverged run is a result of the experiment, not a failure of the command
+            return 130 if summary["status"] == "interrupted" else 0
+        if args.command == "compare":
+            from minitrain.compare import report
+
+            report(args.run_a, args.run_b, args.out)
+            return 0
+    except USER_ERRORS as e:
+        print(f"minitrain: error: {e}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

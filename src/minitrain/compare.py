@@ -1,0 +1,160 @@
+"""Side-by-side report of two run directories: a terminal summary and one PNG of panels.
+
+Reads run directories only. The spike step is found from the data, not configured: the step
+after warm-up whose pre-clip gradient norm is the largest multiple of the median of the 50
+steps before it, in whichever run has the larger such multiple.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from minitrain.rundir import Run, load_run
+
+WINDOW = 50  # steps in the baseline median
+
+
+def norm_ratios(run: Run, window: int = WINDOW) -> np.ndarray:
+    """Pre-clip norm over the median of the `window` steps before; NaN during warm-up."""
+    g = run.column("grad_norm_pre_clip")
+    start = max(run.config["optimizer"]["warmup_steps"], 1)
+    out = np.full(len(g), np.nan)
+    for i in range(start, len(g)):
+        base = np.nanmedian(g[max(0, i - window):i])
+        out[i] = g[i] / base if base > 0 else np.nan
+    return out
+
+
+def spike_step(a: Run, b: Run) -> int | None:
+    best = None
+    for run in (a, b):
+        r = norm_ratios(run)
+        if np.isfinite(r).any():
+            i = int(np.nanargmax(r))
+            if best is None or r[i] > best[1]:
+                best = (i, r[i])
+    return None if best is None else best[0]
+
+
+def sentence_texts(run: Run, step: int) -> dict[int, str]:
+    """The text of each sentence of a step's batch, rebuilt from the logged token ids."""
+    tok, tl = run.tokenizer(), run.token_losses(step)
+    texts = {}
+    for sid in dict.fromkeys(tl["sentence"].tolist()):
+        rows = tl[tl["sentence"] == sid]
+        rows = rows[np.argsort(rows["pos"], kind="stable")]
+        texts[sid] = tok.decode([*rows["token"].tolist(), int(rows["target"][-1])]).strip()
+    return texts
+
+
+def top_tokens(run: Run, step: int, k: int = 8) -> list[tuple[str, float, int]]:
+    """(piece, summed loss, count) of the targets carrying most loss at `step`."""
+    tok, tl = run.tokenizer(), run.token_losses(step)
+    sums: dict[int, list] = {}
+    for t, loss in zip(tl["target"].tolist(), tl["loss"].tolist()):
+        s = sums.setdefault(t, [0.0, 0])
+        s[0] += loss
+        s[1] += 1
+    ranked = sorted(sums.items(), key=lambda kv: -kv[1][0])[:k]
+    return [(tok.piece(t), s, n) for t, (s, n) in ranked]
+
+
+def v_recovery(run: Run, piece: str, step: int, factor: float = 2.0) -> int | None:
+    """Steps after `step` until the piece's embedding-row v (mean) is back within `factor`x its
+    median over the 20 steps before; None if it never came back (or never left)."""
+    trace = np.array([m["tracked"].get(piece, {}).get("v_mean", np.nan) for m in run.moments])
+    if step >= len(trace) or step < 1:
+        return None
+    before = np.nanmedian(trace[max(0, step - 20):step])
+    if not np.isfinite(before) or before <= 0:
+        return None
+    for j in range(step, len(trace)):
+        if trace[j] <= factor * before:
+            return j - step
+    return None
+
+
+def summarise(run: Run, step: int) -> dict:
+    g, post = run.column("grad_norm_pre_clip"), run.column("grad_norm_post_clip")
+    loss, whole = run.column("loss"), run.column("train_loss")
+    n = len(g)
+    s = {"status": run.summary.get("status"), "steps": n}
+    if step >= n:
+        return s
+    base = np.nanmedian(g[max(0, step - WINDOW):step]) if step else np.nan
+    before = whole[:step][np.isfinite(whole[:step])]
+    after = whole[step:min(n, step + 150)]
+    s.update({
+        "grad_norm_pre_clip": g[step], "baseline_median": base, "ratio": g[step] / base,
+        "grad_norm_post_clip": post[step], "clip_factor": run.metrics[step]["clip_factor"],
+        "loss_before": np.nanmean(loss[max(0, step - 10):step]), "loss_at": loss[step],
+        "loss_next_20_max": np.nanmax(loss[step + 1:step + 21]) if step + 1 < n else np.nan,
+        "whole_before": before[-1] if len(before) else np.nan,
+        "whole_worst_after": np.nanmax(after) if np.isfinite(after).any() else np.nan,
+        "whole_final": whole[np.isfinite(whole)][-1] if np.isfinite(whole).any() else np.nan,
+        "post_clip_max": np.nanmax(post),
+    })
+    s["whole_rise"] = s["whole_worst_after"] - s["whole_before"]
+    for piece in run.summary.get("tracked_pieces", {}).values():
+        for p in piece:
+            s[f"v_recovery[{p}]"] = v_recovery(run, p, step)
+    return s
+
+
+def report(a_path, b_path, out: str | Path | None = None) -> dict:
+    a, b = load_run(a_path), load_run(b_path)
+    step = spike_step(a, b)
+    result = {"spike_step": step, "a": a.name, "b": b.name}
+    if step is None:
+        result["a_summary"], result["b_summary"] = summarise(a, 0), summarise(b, 0)
+    else:
+        result["a_summary"], result["b_summary"] = summarise(a, step), summarise(b, step)
+    _print(a, b, step, result)
+    out_dir = Path(out) if out else b.path
+    png = out_dir / f"compare-{a.name}-vs-{b.name}.png"
+    from minitrain.plots import compare_panels
+
+    compare_panels(a, b, step, png)
+    result["png"] = str(png)
+    print(f"\npicture: {png}")
+    return result
+
+
+def _fmt(x) -> str:
+    if x is None:
+        return "never"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if isinstance(x, str):
+        return x
+    return "nan" if not np.isfinite(x) else f"{x:.4g}"
+
+
+def _print(a: Run, b: Run, step, result) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    con = Console()
+    title = f"spike step {step} (largest pre-clip norm / median of the {WINDOW} steps before)"
+    table = Table(title=title if step is not None else "no step after warm-up to compare")
+    table.add_column("")
+    table.add_column(a.name, justify="right")
+    table.add_column(b.name, justify="right")
+    sa, sb = result["a_summary"], result["b_summary"]
+    keys = list(dict.fromkeys([*sa, *sb]))
+    for key in keys:
+        table.add_row(key, _fmt(sa.get(key)), _fmt(sb.get(key)))
+    con.print(table)
+    if step is None or step >= len(b.batches):
+        return
+    batch = b.batches[step]
+    con.print(f"\n[bold]batch at step {step}[/] (tracked words: {batch.get('words')}, "
+              f"pieces: {batch.get('pieces')})")
+    for sid, text in sentence_texts(b, step).items():
+        con.print(f"  [{sid:>4}] {text}")
+    for run in (a, b):
+        con.print(f"\n[bold]top target pieces by summed loss at step {step}, {run.name}[/]")
+        for piece, total, n in top_tokens(run, step):
+            con.print(f"  {piece!r:>14}  {total:8.3f} nats over {n}")

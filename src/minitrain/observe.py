@@ -1,0 +1,166 @@
+"""The per-step record the loop hands out, and the observers that turn it into files and a
+progress line. The loop never asks what is being logged; it calls `on_step` on each observer.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minitrain import rundir
+from minitrain.data import IGNORE, Batch
+from minitrain.optim import AdamW, StepStats
+
+
+@dataclass
+class StepRecord:
+    step: int
+    lr: float
+    loss: float  # mean over the batch's scored tokens
+    stats: StepStats
+    batch: Batch
+    token_loss: torch.Tensor  # (B, T), 0 at padding
+    n_tokens: int  # scored tokens in the batch
+    step_ms: float
+    train_loss: float | None = None  # whole training set, when evaluated this step
+    val_loss: float | None = None
+
+
+class Observer:
+    def on_step(self, r: StepRecord) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class MetricsLog(Observer):
+    """metrics.jsonl: one line of scalars per step."""
+
+    def __init__(self, out: Path, params: list[torch.Tensor]):
+        self.w = rundir.JsonlWriter(out / rundir.METRICS)
+        self.params = params
+
+    def on_step(self, r):
+        s = r.stats
+        with torch.no_grad():
+            weight_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.params)))
+        self.w.write({
+            "step": r.step, "loss": r.loss, "lr": r.lr,
+            "grad_norm_pre_clip": s.grad_norm_pre_clip,
+            "grad_norm_post_clip": s.grad_norm_post_clip,
+            "clip_factor": s.clip_factor, "update_norm": s.update_norm,
+            "weight_norm": float(weight_norm),
+            "train_loss": r.train_loss, "val_loss": r.val_loss,
+            "tokens": r.n_tokens, "step_ms": round(r.step_ms, 3),
+        })
+
+    def close(self):
+        self.w.close()
+
+
+class BatchLog(Observer):
+    """batches.jsonl: which sentences each step saw, and how many tracked words/pieces."""
+
+    def __init__(self, out: Path, tracked_sentences: dict[str, set[int]],
+                 tracked_pieces: dict[str, int]):
+        self.w = rundir.JsonlWriter(out / rundir.BATCHES)
+        self.tracked_sentences, self.tracked_pieces = tracked_sentences, tracked_pieces
+
+    def on_step(self, r):
+        ids = r.batch.sentence_ids
+        x = r.batch.x
+        self.w.write({
+            "step": r.step, "sentence_ids": ids,
+            "words": {w: sum(i in s for i in ids) for w, s in self.tracked_sentences.items()},
+            "pieces": {p: int((x == pid).sum()) for p, pid in self.tracked_pieces.items()},
+        })
+
+    def close(self):
+        self.w.close()
+
+
+class TokenLossLog(Observer):
+    """token_losses.bin: (step, sentence, pos, token, target, loss) for every scored position."""
+
+    def __init__(self, out: Path):
+        self.w = rundir.TokenLossWriter(out / rundir.TOKEN_LOSSES)
+
+    def on_step(self, r):
+        y = r.batch.y
+        rows, pos = torch.nonzero(y != IGNORE, as_tuple=True)
+        rec = np.empty(len(rows), rundir.TOKEN_LOSS_DTYPE)
+        rec["step"] = r.step
+        rec["sentence"] = np.asarray(r.batch.sentence_ids)[rows.numpy()]
+        rec["pos"] = pos.numpy()
+        rec["token"] = r.batch.x[rows, pos].numpy()
+        rec["target"] = y[rows, pos].numpy()
+        rec["loss"] = r.token_loss.detach()[rows, pos].numpy()
+        self.w.write(rec)
+
+    def close(self):
+        self.w.close()
+
+
+class MomentLog(Observer):
+    """moments.jsonl: per tensor the norms of grad, m and v and the max of v; for the tracked
+    pieces their embedding rows' grad, m and v; the embedding rows with the largest gradient."""
+
+    def __init__(self, out: Path, opt: AdamW, names: list[str], embedding: torch.Tensor,
+                 tracked_pieces: dict[str, int], top_rows: int = 5):
+        self.w = rundir.JsonlWriter(out / rundir.MOMENTS)
+        self.opt, self.names = opt, names
+        self.emb_index = next(i for i, p in enumerate(opt.params) if p is embedding)
+        self.tracked, self.top_rows = tracked_pieces, top_rows
+
+    def on_step(self, r):
+        opt, k = self.opt, self.emb_index
+        m_norms = torch.stack(torch._foreach_norm(opt.m)).tolist()
+        v_norms = torch.stack(torch._foreach_norm(opt.v)).tolist()
+        v_max = torch.stack([v.max() for v in opt.v]).tolist()
+        g_norms = r.stats.tensor_grad_norms.tolist()
+        tensors = {n: {"grad_norm": g, "m_norm": m, "v_norm": v, "v_max": vm}
+                   for n, g, m, v, vm in zip(self.names, g_norms, m_norms, v_norms, v_max)}
+        # the stored grad is post-clip; dividing by the factor gives the pre-clip rows back
+        emb_grad = opt.params[k].grad / r.stats.clip_factor
+        row_norms = torch.linalg.vector_norm(emb_grad, dim=1)
+        top = torch.topk(row_norms, min(self.top_rows, len(row_norms)))
+        m, v = opt.m[k], opt.v[k]
+        tracked = {p: {"id": i, "grad_norm": float(row_norms[i]),
+                       "m_norm": float(torch.linalg.vector_norm(m[i])),
+                       "v_mean": float(v[i].mean()), "v_max": float(v[i].max())}
+                   for p, i in self.tracked.items()}
+        self.w.write({"step": r.step, "tensors": tensors, "tracked": tracked,
+                      "top_grad_rows": [[int(i), float(n)] for n, i in zip(*top)]})
+
+    def close(self):
+        self.w.close()
+
+
+class Progress(Observer):
+    """The live console line: step, loss, grad norm, clip factor, tokens/s."""
+
+    def __init__(self, total_steps: int, title: str):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn
+
+        self.console = Console(stderr=True)
+        self.bar = RichProgress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[line]}"), console=self.console,
+                                transient=False, refresh_per_second=8)
+        self.task = self.bar.add_task("train", total=total_steps, line="")
+        self.bar.start()
+        self.t0, self.tokens = time.perf_counter(), 0
+
+    def on_step(self, r):
+        self.tokens += r.n_tokens
+        tok_s = self.tokens / max(1e-9, time.perf_counter() - self.t0)
+        s = r.stats
+        line = (f"loss {r.loss:7.4f} | norm {s.grad_norm_pre_clip:9.3f} | "
+                f"clip {s.clip_factor:5.3f} | lr {r.lr:.2e} | {tok_s:8.0f} tok/s")
+        self.bar.update(self.task, completed=r.step + 1, line=line)
+
+    def close(self):
+        self.bar.stop()

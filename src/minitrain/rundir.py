@@ -1,0 +1,161 @@
+"""The run directory contract (docs/run-format.md): writers used by training, readers used by
+every report. Logs are append-only and flushed per step; readers tolerate a truncated last line.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+# the resolved config is not called config.yaml: an experiment folder keeps its source config
+# under that name and its run files beside it
+CONFIG, TOKENIZER, SUMMARY = "config.resolved.yaml", "tokenizer.json", "summary.json"
+METRICS, BATCHES, MOMENTS, TOKEN_LOSSES = (
+    "metrics.jsonl", "batches.jsonl", "moments.jsonl", "token_losses.bin")
+
+# One record per scored position: which step, which sentence, where, what, and how wrong.
+TOKEN_LOSS_DTYPE = np.dtype([("step", "<u4"), ("sentence", "<i4"), ("pos", "<u4"),
+                             ("token", "<i4"), ("target", "<i4"), ("loss", "<f4")])
+
+
+class RunDirError(ValueError):
+    """A run directory that cannot be read; the message names the directory and the file."""
+
+
+def clean(x):
+    """JSON-safe floats: NaN and inf become null (strict JSON has neither)."""
+    if isinstance(x, float):
+        return x if math.isfinite(x) else None
+    if isinstance(x, dict):
+        return {k: clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [clean(v) for v in x]
+    return x
+
+
+class JsonlWriter:
+    def __init__(self, path: Path):
+        self.f = open(path, "a", encoding="utf-8")
+
+    def write(self, obj: dict) -> None:
+        self.f.write(json.dumps(clean(obj), separators=(",", ":")) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class TokenLossWriter:
+    def __init__(self, path: Path):
+        self.f = open(path, "ab")
+
+    def write(self, records: np.ndarray) -> None:
+        self.f.write(records.astype(TOKEN_LOSS_DTYPE, copy=False).tobytes())
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    """Replace a small JSON file whole (temp file + rename): never half-written."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(clean(obj), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+RUN_FILES = (CONFIG, TOKENIZER, SUMMARY, METRICS, BATCHES, MOMENTS, TOKEN_LOSSES)
+
+
+def prepare(out: Path, replace: bool = False) -> Path:
+    """Create a run directory; refuse to mix a new run into an old one unless `replace`,
+    which deletes the old run's files (and only those: a config or README beside them stays)."""
+    out = Path(out)
+    old = [out / n for n in RUN_FILES if (out / n).exists()]
+    if old and not replace:
+        raise RunDirError(f"{out}: already holds a run; pass --force to replace it")
+    for p in old:
+        p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+# ---- readers --------------------------------------------------------------------------------
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every complete line; a final line cut off by a hard kill is skipped."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i >= len(lines) - 2:  # the last, unterminated line
+                break
+            raise RunDirError(f"{path}: line {i + 1} is not JSON") from None
+    return rows
+
+
+def read_token_losses(path: Path) -> np.ndarray:
+    """All token-loss records (structured array, TOKEN_LOSS_DTYPE); a cut-off record is dropped."""
+    raw = np.fromfile(path, dtype=np.uint8)
+    n = len(raw) // TOKEN_LOSS_DTYPE.itemsize
+    return raw[: n * TOKEN_LOSS_DTYPE.itemsize].view(TOKEN_LOSS_DTYPE)
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    summary: dict
+    metrics: list[dict]
+    batches: list[dict]
+    moments: list[dict] = field(default_factory=list)
+    _token_losses: np.ndarray | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def column(self, key: str) -> np.ndarray:
+        """One metrics field over steps, NaN where missing or null."""
+        return np.array([np.nan if m.get(key) is None else m[key] for m in self.metrics], float)
+
+    def token_losses(self, step: int | None = None) -> np.ndarray:
+        if self._token_losses is None:
+            self._token_losses = read_token_losses(self.path / TOKEN_LOSSES)
+        tl = self._token_losses
+        return tl if step is None else tl[tl["step"] == step]
+
+    def tokenizer(self):
+        from minitrain.tokenizer import Tokenizer
+
+        return Tokenizer.load(self.path / TOKENIZER)
+
+
+def load_run(path: str | Path) -> Run:
+    path = Path(path)
+    if not path.is_dir():
+        raise RunDirError(f"{path}: not a run directory (does not exist)")
+    for name in (CONFIG, SUMMARY, METRICS, BATCHES, TOKENIZER):
+        if not (path / name).is_file():
+            raise RunDirError(f"{path}: missing {name}; not a minitrain run, or it never started")
+    try:
+        config = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))
+        summary = json.loads((path / SUMMARY).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{path}: unreadable config or summary: {e}") from None
+    metrics = read_jsonl(path / METRICS)
+    if not metrics:
+        raise RunDirError(f"{path}: {METRICS} has no complete step yet")
+    moments = read_jsonl(path / MOMENTS) if (path / MOMENTS).is_file() else []
+    return Run(path, config, summary, metrics, read_jsonl(path / BATCHES), moments)

@@ -1,0 +1,126 @@
+"""The training loop: one function, read top to bottom. Observers see each step's record."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from minitrain import config as config_mod
+from minitrain import rundir
+from minitrain.config import Config
+from minitrain.corpus import read_sentences, sentences_with
+from minitrain.data import IGNORE, Sampler, encode_corpus, make_batch
+from minitrain.model import GPT, token_losses
+from minitrain.observe import BatchLog, MetricsLog, MomentLog, Progress, StepRecord, TokenLossLog
+from minitrain.optim import AdamW, lr_at
+from minitrain.tokenizer import Tokenizer, exclusive_pieces
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float):
+    """Decay matrices (embeddings included); leave LayerNorm gains and biases alone."""
+    named = list(model.named_parameters())
+    decay = [p for n, p in named if p.dim() >= 2]
+    rest = [p for n, p in named if p.dim() < 2]
+    names = [n for n, p in named if p.dim() >= 2] + [n for n, p in named if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": rest, "weight_decay": 0.0}], names
+
+
+@torch.no_grad()
+def mean_loss(model, x, y, chunk: int = 256) -> float:
+    """Mean token loss over a whole padded set, in chunks of sentences."""
+    total, count = 0.0, 0
+    for i in range(0, len(x), chunk):
+        tl = token_losses(model(x[i:i + chunk]), y[i:i + chunk], IGNORE)
+        total += float(tl.sum())
+        count += int((y[i:i + chunk] != IGNORE).sum())
+    return total / count
+
+
+def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = False) -> dict:
+    """Train per `cfg`, writing the run directory `out`. Returns the final summary."""
+    t_start = time.perf_counter()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.seed)
+    torch.use_deterministic_algorithms(True)
+
+    # corpus -> tokenizer -> encoded sentences
+    sentences, val_sentences = read_sentences(cfg.data.train), read_sentences(cfg.data.val)
+    tok = Tokenizer.train(sentences, cfg.data.vocab_size)
+    enc = encode_corpus(tok, sentences, cfg.model.block_size, cfg.data.train)
+    enc_val = encode_corpus(tok, val_sentences, cfg.model.block_size, cfg.data.val)
+    tracked_sentences = {w: set(sentences_with(sentences, w)) for w in cfg.data.tracked_words}
+    tracked_pieces = {tok.piece(p): p for w in cfg.data.tracked_words
+                      for p in exclusive_pieces(tok, sentences, w)}
+    rare_ids = set().union(*tracked_sentences.values()) if tracked_sentences else set()
+
+    model = GPT(cfg.model, tok.vocab_size)
+    groups, names = param_groups(model, cfg.optimizer.weight_decay)
+    o = cfg.optimizer
+    opt = AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, grad_clip=o.grad_clip)
+    sampler = Sampler(len(enc), cfg.data.batch_size, cfg.data.sampler, cfg.seed, rare_ids)
+    full = make_batch(enc, list(range(len(enc))), tok.pad_id)
+    full_val = make_batch(enc_val, list(range(len(enc_val))), tok.pad_id)
+
+    # the run directory: resolved config and tokenizer first, before step 0
+    out = rundir.prepare(out, replace)
+    (out / rundir.CONFIG).write_text(config_mod.dump(cfg), encoding="utf-8")
+    tok.save(out / rundir.TOKENIZER)
+    summary = {
+        "status": "running", "steps_completed": 0, "steps_planned": cfg.train.steps,
+        "n_params": sum(p.numel() for p in model.parameters()), "vocab_size": tok.vocab_size,
+        "tracked_pieces": {w: [tok.piece(p) for p in exclusive_pieces(tok, sentences, w)]
+                           for w in cfg.data.tracked_words},
+        "tracked_sentences": {w: sorted(s) for w, s in tracked_sentences.items()},
+    }
+    rundir.write_json_atomic(out / rundir.SUMMARY, summary)
+    observers = [MetricsLog(out, opt.params), BatchLog(out, tracked_sentences, tracked_pieces),
+                 TokenLossLog(out), MomentLog(out, opt, names, model.wte.weight, tracked_pieces)]
+    if progress:
+        observers.append(Progress(cfg.train.steps, out.name))
+
+    status, step, record = "completed", -1, None
+    try:
+        for step in range(cfg.train.steps):
+            t0 = time.perf_counter()
+            # ---- the training step ----
+            opt.lr = lr_at(step, o.lr, o.warmup_steps, cfg.train.steps, o.min_lr_ratio)
+            batch = make_batch(enc, sampler.next_ids(), tok.pad_id)
+            tl = token_losses(model(batch.x), batch.y, IGNORE)  # (B, T)
+            n_tokens = int((batch.y != IGNORE).sum())
+            loss = tl.sum() / n_tokens
+            opt.zero_grad()
+            loss.backward()
+            stats = opt.step()  # clip, moments, update
+            step_ms = (time.perf_counter() - t0) * 1e3
+            # ---- end of the step; what follows only observes ----
+            record = StepRecord(step, opt.lr, loss.item(), stats, batch, tl, n_tokens, step_ms)
+            if step % cfg.train.eval_every == 0 or step == cfg.train.steps - 1:
+                record.train_loss = mean_loss(model, full.x, full.y)
+                record.val_loss = mean_loss(model, full_val.x, full_val.y)
+            for obs in observers:
+                obs.on_step(record)
+            if not (math.isfinite(record.loss) and math.isfinite(stats.grad_norm_pre_clip)):
+                status = "diverged"
+                break
+    except KeyboardInterrupt:
+        status = "interrupted"
+    finally:
+        for obs in observers:
+            obs.close()
+        wall_s = time.perf_counter() - t_start
+        summary.update({
+            "status": status,
+            "steps_completed": step + 1 if record is not None and record.step == step else step,
+            "diverged_at_step": step if status == "diverged" else None,
+            "final_loss": record.loss if record else None,
+            "final_train_loss": record.train_loss if record else None,
+            "final_val_loss": record.val_loss if record else None,
+            "wall_s": round(wall_s, 3),
+        })
+        rundir.write_json_atomic(out / rundir.SUMMARY, summary)
+    return summary
