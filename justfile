@@ -27,9 +27,9 @@ phase-19-compare a="experiments/19-control" b="experiments/19-break-no-clip":
 
 # the whole exercise: control, break, compare
 phase-19:
-    seed={{seed}} grad_clip=1.0 just phase-19-train
-    seed={{seed}} grad_clip=inf just phase-19-train
-    just phase-19-compare
+    seed={{seed}} grad_clip=1.0 {{just_executable()}} phase-19-train
+    seed={{seed}} grad_clip=inf {{just_executable()}} phase-19-train
+    {{just_executable()}} phase-19-compare
 
 # the test suite (CPU, a few minutes at most)
 test *args:

@@ -38,14 +38,15 @@ def spike_step(a: Run, b: Run) -> int | None:
     return None if best is None else best[0]
 
 
-def sentence_texts(run: Run, step: int) -> dict[int, str]:
-    """The text of each sentence of a step's batch, rebuilt from the logged token ids."""
+def sentence_texts(run: Run, step: int) -> list[tuple[int, str]]:
+    """(sentence id, text) for each row of a step's batch, rebuilt from the logged token ids."""
     tok, tl = run.tokenizer(), run.token_losses(step)
-    texts = {}
-    for sid in dict.fromkeys(tl["sentence"].tolist()):
-        rows = tl[tl["sentence"] == sid]
-        rows = rows[np.argsort(rows["pos"], kind="stable")]
-        texts[sid] = tok.decode([*rows["token"].tolist(), int(rows["target"][-1])]).strip()
+    texts = []
+    for row in sorted(set(tl["row"].tolist())):
+        recs = tl[tl["row"] == row]
+        recs = recs[np.argsort(recs["pos"], kind="stable")]
+        ids = [*recs["token"].tolist(), int(recs["target"][-1])]
+        texts.append((int(recs["sentence"][0]), tok.decode(ids).strip()))
     return texts
 
 
@@ -152,7 +153,7 @@ def _print(a: Run, b: Run, step, result) -> None:
     batch = b.batches[step]
     con.print(f"\n[bold]batch at step {step}[/] (tracked words: {batch.get('words')}, "
               f"pieces: {batch.get('pieces')})")
-    for sid, text in sentence_texts(b, step).items():
+    for sid, text in sentence_texts(b, step):
         con.print(f"  [{sid:>4}] {text}")
     for run in (a, b):
         con.print(f"\n[bold]top target pieces by summed loss at step {step}, {run.name}[/]")

@@ -174,7 +174,8 @@ def _build(cls, raw, prefix, where):
     names = {f.name for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in names:
-            raise where(f"{prefix}{key}", f"unknown key (expected one of: {', '.join(sorted(names))})")
+            known = ", ".join(sorted(names))
+            raise where(f"{prefix}{key}", f"unknown key (expected one of: {known})")
     kwargs = {}
     for name in names & raw.keys():
         kwargs[name] = _coerce(raw[name], hints[name], f"{prefix}{name}", where)
@@ -203,8 +204,11 @@ def _coerce(value, hint, key, where):
             raise where(key, f"expected an integer, got {value!r}")
         return value
     if hint is float:
-        if isinstance(value, str) and value.strip().lower() in ("inf", "+inf", "infinity"):
-            return math.inf
+        if isinstance(value, str):  # YAML 1.1 reads 1e-3 and inf as strings
+            try:
+                return float(value)
+            except ValueError:
+                raise where(key, f"expected a number, got {value!r}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise where(key, f"expected a number, got {value!r}")
         return float(value)

@@ -19,7 +19,8 @@ class Batch:
     y: torch.Tensor  # (B, T) next-token targets, IGNORE at padding
 
 
-def encode_corpus(tok: Tokenizer, sentences: list[str], block_size: int, name: str) -> list[list[int]]:
+def encode_corpus(tok: Tokenizer, sentences: list[str], block_size: int,
+                  name: str) -> list[list[int]]:
     encoded = [tok.encode_sentence(s) for s in sentences]
     for i, ids in enumerate(encoded):
         if len(ids) - 1 > block_size:

@@ -83,7 +83,7 @@ class BatchLog(Observer):
 
 
 class TokenLossLog(Observer):
-    """token_losses.bin: (step, sentence, pos, token, target, loss) for every scored position."""
+    """token_losses.bin: (step, row, pos, sentence, token, target, loss) per scored position."""
 
     def __init__(self, out: Path):
         self.w = rundir.TokenLossWriter(out / rundir.TOKEN_LOSSES)
@@ -93,6 +93,7 @@ class TokenLossLog(Observer):
         rows, pos = torch.nonzero(y != IGNORE, as_tuple=True)
         rec = np.empty(len(rows), rundir.TOKEN_LOSS_DTYPE)
         rec["step"] = r.step
+        rec["row"] = rows.numpy()
         rec["sentence"] = np.asarray(r.batch.sentence_ids)[rows.numpy()]
         rec["pos"] = pos.numpy()
         rec["token"] = r.batch.x[rows, pos].numpy()
@@ -144,7 +145,8 @@ class Progress(Observer):
 
     def __init__(self, total_steps: int, title: str):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
+        from rich.progress import Progress as RichProgress
 
         self.console = Console(stderr=True)
         self.bar = RichProgress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(),

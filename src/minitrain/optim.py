@@ -88,7 +88,8 @@ class AdamW:
         for g in self.groups:
             n = len(g["params"])
             if g["weight_decay"]:
-                torch._foreach_add_(update[start:start + n], g["params"], alpha=lr * g["weight_decay"])
+                wd = lr * g["weight_decay"]
+                torch._foreach_add_(update[start:start + n], g["params"], alpha=wd)
             start += n
         # p = p - update
         torch._foreach_sub_(self.params, update)

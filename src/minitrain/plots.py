@@ -7,10 +7,10 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
 
-from minitrain.rundir import Run  # noqa: E402
+from minitrain.rundir import Run
 
 
 def compare_panels(a: Run, b: Run, step: int | None, png: Path) -> None:

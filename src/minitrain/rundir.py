@@ -20,7 +20,7 @@ METRICS, BATCHES, MOMENTS, TOKEN_LOSSES = (
     "metrics.jsonl", "batches.jsonl", "moments.jsonl", "token_losses.bin")
 
 # One record per scored position: which step, which sentence, where, what, and how wrong.
-TOKEN_LOSS_DTYPE = np.dtype([("step", "<u4"), ("sentence", "<i4"), ("pos", "<u4"),
+TOKEN_LOSS_DTYPE = np.dtype([("step", "<u4"), ("row", "<u2"), ("pos", "<u2"), ("sentence", "<i4"),
                              ("token", "<i4"), ("target", "<i4"), ("loss", "<f4")])
 
 

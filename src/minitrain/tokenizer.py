@@ -18,7 +18,7 @@ class Tokenizer:
         self.pad_id, self.bos_id, self.eos_id = (hf.token_to_id(t) for t in (PAD, BOS, EOS))
 
     @classmethod
-    def train(cls, sentences: list[str], vocab_size: int) -> "Tokenizer":
+    def train(cls, sentences: list[str], vocab_size: int) -> Tokenizer:
         hf = _HFTokenizer(models.BPE(unk_token=UNK))
         # split on spaces, then split punctuation off, so a word tokenizes the same everywhere
         hf.pre_tokenizer = pre_tokenizers.Sequence(
@@ -32,7 +32,7 @@ class Tokenizer:
         return cls(hf)
 
     @classmethod
-    def load(cls, path: str | Path) -> "Tokenizer":
+    def load(cls, path: str | Path) -> Tokenizer:
         return cls(_HFTokenizer.from_file(str(path)))
 
     def save(self, path: str | Path) -> None:

@@ -1,0 +1,88 @@
+"""Configs: every shipped one validates; bad ones fail with one line naming file and key."""
+
+import math
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from minitrain import config
+from minitrain.config import ConfigError
+
+SHIPPED = sorted(ROOT.glob("experiments/*/config.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.parent.name)
+def test_every_shipped_config_validates(path):
+    cfg = config.load(path)
+    assert (ROOT / cfg.data.train).is_file() and (ROOT / cfg.data.val).is_file()
+
+
+def test_phase19_pair_differs_only_in_grad_clip():
+    a = yaml.safe_load((ROOT / "experiments/19-control/config.yaml").read_text())
+    b = yaml.safe_load((ROOT / "experiments/19-break-no-clip/config.yaml").read_text())
+    assert a["optimizer"].pop("grad_clip") == 1.0
+    assert b["optimizer"].pop("grad_clip") is None
+    assert a == b
+    cfg = config.load(ROOT / "experiments/19-break-no-clip/config.yaml")
+    assert cfg.optimizer.grad_clip is None
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+@pytest.mark.parametrize("text,key,what", [
+    ("optimizer: {grad_clip: -1}", "optimizer.grad_clip", "positive"),
+    ("optimizer: {grad_clip: lots}", "optimizer.grad_clip", "expected a number"),
+    ("optimizer: {lr: [1]}", "optimizer.lr", "expected a number"),
+    ("model: {n_layer: 2.5}", "model.n_layer", "expected an integer"),
+    ("model: {n_embd: 30, n_head: 4}", "model.n_embd", "divisible"),
+    ("model: {tie_weights: 1}", "model.tie_weights", "true or false"),
+    ("optimiser: {lr: 1}", "optimiser", "unknown key"),
+    ("optimizer: {momentum: 0.9}", "optimizer.momentum", "unknown key"),
+    ("data: {sampler: sorted}", "data.sampler", "one of"),
+    ("data: 3", "data", "expected a mapping"),
+])
+def test_bad_values_name_file_and_key(tmp_path, text, key, what):
+    p = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        config.load(p)
+    msg = str(e.value)
+    assert msg.startswith(f"{p}: {key}:") and what in msg and "\n" not in msg
+
+
+def test_overrides_go_through_validation(tmp_path):
+    p = _write(tmp_path, "optimizer: {grad_clip: 1.0}")
+    assert config.load(p, ["optimizer.grad_clip=inf"]).optimizer.grad_clip is None
+    assert config.load(p, ["optimizer.grad_clip=null"]).optimizer.grad_clip is None
+    assert config.load(p, ["optimizer.grad_clip=0.5", "seed=7"]).seed == 7
+    assert config.load(p, ["optimizer.betas=[0.9, 0.99]"]).optimizer.betas == [0.9, 0.99]
+    with pytest.raises(ConfigError, match="optimizer.grad_clip: must be a positive"):
+        config.load(p, ["optimizer.grad_clip=-2"])
+    with pytest.raises(ConfigError, match="optimizer.gradclip: unknown key"):
+        config.load(p, ["optimizer.gradclip=1"])
+    with pytest.raises(ConfigError, match="expected key=value"):
+        config.load(p, ["seed"])
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        config.load(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        config.load(_write(tmp_path, "model: {n_layer: 2"))
+    assert math.isclose(config.load(_write(tmp_path, "")).optimizer.lr, 3e-3)
+
+
+def test_cli_config_error_is_one_line_exit_2(tmp_path):
+    p = _write(tmp_path, "optimizer: {grad_clip: -1}")
+    r = subprocess.run([sys.executable, "-m", "minitrain", "train", str(p), "--out",
+                        str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0
+    assert "optimizer.grad_clip" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()

@@ -1,0 +1,136 @@
+"""Real short runs: the run directory a user reads, a diverged run, half-written directories,
+and the compare on all of them."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+
+from minitrain import config, rundir
+from minitrain.compare import report, sentence_texts
+from minitrain.corpus import read_sentences
+from minitrain.rundir import RunDirError, load_run
+from minitrain.train import train
+
+TINY = ["data.vocab_size=400", "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
+        "train.steps=40", "train.eval_every=1", "optimizer.warmup_steps=5"]
+
+
+def _run(tmp_path, name, extra=()):
+    cfg = config.load("experiments/19-control/config.yaml", [*TINY, *extra])
+    summary = train(cfg, tmp_path / name, progress=False)
+    return summary, load_run(tmp_path / name)
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("runs")
+    import os
+    os.chdir(rundir.Path(__file__).resolve().parents[1])
+    return _run(tmp, "a"), _run(tmp, "b", ["optimizer.grad_clip=null"])
+
+
+def test_run_directory_contents(pair):
+    (summary, run), _ = pair
+    assert summary["status"] == "completed" and summary["steps_completed"] == 40
+    assert json.loads((run.path / "summary.json").read_text())["status"] == "completed"
+    resolved = yaml.safe_load((run.path / "config.resolved.yaml").read_text())
+    assert resolved["train"]["steps"] == 40 and resolved["optimizer"]["grad_clip"] == 1.0
+    assert len(run.metrics) == 40 and [m["step"] for m in run.metrics] == list(range(40))
+    for key in ("loss", "lr", "grad_norm_pre_clip", "grad_norm_post_clip", "clip_factor",
+                "update_norm", "weight_norm", "train_loss", "val_loss", "tokens"):
+        assert all(m[key] is not None for m in run.metrics), key
+    for m in run.metrics:  # the clip did what the formula says
+        assert m["grad_norm_post_clip"] <= 1.0 + 1e-6
+        assert m["clip_factor"] == pytest.approx(min(1.0, 1.0 / (m["grad_norm_pre_clip"] + 1e-12)))
+    # batches: 8 sentence ids per step and the tracked counts match the ids
+    train_sents = read_sentences("corpus/train.txt")
+    for b in run.batches:
+        assert len(b["sentence_ids"]) == 8
+        assert b["words"]["written"] == sum("written" in train_sents[i] for i in b["sentence_ids"])
+    # per-token losses: one record per scored token, and they average to the logged loss
+    for step in (0, 17, 39):
+        tl = run.token_losses(step)
+        assert len(tl) == run.metrics[step]["tokens"]
+        assert float(tl["loss"].mean()) == pytest.approx(run.metrics[step]["loss"], rel=1e-5)
+        texts = sentence_texts(run, step)
+        assert [sid for sid, _ in texts] == run.batches[step]["sentence_ids"]
+        assert all(train_sents[sid] == text for sid, text in texts)
+    # moments: per tensor, tracked rows, and per-tensor norms that add up to the global norm
+    mom = run.moments[10]
+    total = np.sqrt(sum(t["grad_norm"] ** 2 for t in mom["tensors"].values()))
+    assert total == pytest.approx(run.metrics[10]["grad_norm_pre_clip"], rel=1e-5)
+    assert "wte.weight" in mom["tensors"] and mom["tracked"]
+    assert all(v["v_max"] >= 0 for v in mom["tensors"].values())
+
+
+def test_same_seed_same_batches(pair):
+    (_, a), (_, b) = pair
+    assert [x["sentence_ids"] for x in a.batches] == [x["sentence_ids"] for x in b.batches]
+    assert b.metrics[0]["clip_factor"] == 1.0 and b.config["optimizer"]["grad_clip"] is None
+
+
+def test_compare_writes_summary_and_png(pair, tmp_path, capsys):
+    (_, a), (_, b) = pair
+    res = report(a.path, b.path, tmp_path)
+    out = capsys.readouterr().out
+    assert res["spike_step"] is not None and f"spike step {res['spike_step']}" in out
+    png = tmp_path / "compare-a-vs-b.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_diverged_run_is_kept_and_compared(pair, tmp_path, capsys):
+    (_, a), _ = pair
+    summary, run = _run(tmp_path, "boom", ["optimizer.lr=1e6", "optimizer.grad_clip=null",
+                                           "optimizer.warmup_steps=0"])
+    assert summary["status"] == "diverged"
+    step = summary["diverged_at_step"]
+    assert step < 40 and len(run.metrics) == step + 1
+    last = run.metrics[-1]
+    assert last["loss"] is None or last["grad_norm_pre_clip"] is None  # NaN/inf stored as null
+    report(a.path, run.path, tmp_path)
+    assert "diverged" in capsys.readouterr().out
+
+
+def test_truncated_logs_still_read(pair, tmp_path):
+    (_, a), _ = pair
+    import shutil
+    cut = tmp_path / "cut"
+    shutil.copytree(a.path, cut)
+    with open(cut / "metrics.jsonl", "a") as f:
+        f.write('{"step": 40, "loss": 1.2')  # a hard kill mid-line
+    with open(cut / "token_losses.bin", "ab") as f:
+        f.write(b"\x01\x02\x03")  # and mid-record
+    run = load_run(cut)
+    assert len(run.metrics) == 40
+    assert len(run.token_losses()) == len(a.token_losses())
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "minitrain", *args], capture_output=True,
+                          text=True)
+
+
+def test_compare_bad_input_is_one_line_exit_2(pair, tmp_path):
+    (_, a), _ = pair
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "config.resolved.yaml").write_text("seed: 1\n")
+    for bad in (tmp_path / "nope", tmp_path / "half"):
+        r = _cli("compare", str(a.path), str(bad))
+        assert r.returncode == 2, r.stderr
+        assert r.stderr.startswith("minitrain: error:") and r.stderr.count("\n") == 1
+
+
+def test_train_refuses_to_mix_runs(pair):
+    (_, a), _ = pair
+    r = _cli("train", "experiments/19-control/config.yaml", "--out", str(a.path), "--quiet")
+    assert r.returncode == 2 and "--force" in r.stderr
+    assert load_run(a.path).summary["status"] == "completed"  # nothing lost
+
+
+def test_missing_run_files_error():
+    with pytest.raises(RunDirError, match="not a run directory"):
+        load_run("does/not/exist")
