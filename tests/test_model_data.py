@@ -19,7 +19,7 @@ def test_loss_at_init_is_about_ln_v():
     m = _model()
     x, y = torch.randint(3, 50, (8, 12)), torch.randint(3, 50, (8, 12))
     loss = token_losses(m(x), y, IGNORE).mean()
-    assert abs(float(loss) - math.log(50)) < 0.1
+    assert abs(loss.item() - math.log(50)) < 0.1
 
 
 def test_causal_and_padding_does_not_leak():

@@ -4,7 +4,9 @@ progress line. The loop never asks what is being logged; it calls `on_step` on e
 
 from __future__ import annotations
 
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +15,19 @@ import torch
 
 from minitrain import rundir
 from minitrain.data import IGNORE, Batch
+from minitrain.model import token_losses
 from minitrain.optim import AdamW, StepStats
+
+
+@torch.no_grad()
+def mean_loss(model, x, y, chunk: int = 256) -> float:
+    """Mean token loss over a whole padded set, in chunks of sentences."""
+    total, count = 0.0, 0
+    for i in range(0, len(x), chunk):
+        tl = token_losses(model(x[i:i + chunk]), y[i:i + chunk], IGNORE)
+        total += float(tl.sum())
+        count += int((y[i:i + chunk] != IGNORE).sum())
+    return total / count
 
 
 @dataclass
@@ -34,6 +48,27 @@ class Observer:
     def on_step(self, r: StepRecord) -> None: ...
 
     def close(self) -> None: ...
+
+
+class WholeSetLoss(Observer):
+    """Fills the record's train_loss/val_loss: every `every` steps, at the last step, and at
+    every step for `dense` steps after the pre-clip norm jumps past `jump` x its recent median,
+    so the whole-set curve around a spike is complete. Must run before the writers."""
+
+    def __init__(self, model, sets, total_steps, every, jump=3.0, dense=40, window=50):
+        self.model, self.sets = model, sets  # {"train_loss": Batch, "val_loss": Batch}
+        self.total, self.every, self.jump, self.dense = total_steps, every, jump, dense
+        self.norms: deque[float] = deque(maxlen=window)
+        self.dense_until = -1
+
+    def on_step(self, r):
+        g = r.stats.grad_norm_pre_clip
+        if len(self.norms) >= 10 and g > self.jump * statistics.median(self.norms):
+            self.dense_until = r.step + self.dense
+        self.norms.append(g)
+        if r.step % self.every == 0 or r.step == self.total - 1 or r.step <= self.dense_until:
+            for field, batch in self.sets.items():
+                setattr(r, field, mean_loss(self.model, batch.x, batch.y))
 
 
 class MetricsLog(Observer):

@@ -14,7 +14,15 @@ from minitrain.config import Config
 from minitrain.corpus import read_sentences, sentences_with
 from minitrain.data import IGNORE, Sampler, encode_corpus, make_batch
 from minitrain.model import GPT, token_losses
-from minitrain.observe import BatchLog, MetricsLog, MomentLog, Progress, StepRecord, TokenLossLog
+from minitrain.observe import (
+    BatchLog,
+    MetricsLog,
+    MomentLog,
+    Progress,
+    StepRecord,
+    TokenLossLog,
+    WholeSetLoss,
+)
 from minitrain.optim import AdamW, lr_at
 from minitrain.tokenizer import Tokenizer, exclusive_pieces
 
@@ -27,17 +35,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float):
     names = [n for n, p in named if p.dim() >= 2] + [n for n, p in named if p.dim() < 2]
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": rest, "weight_decay": 0.0}], names
-
-
-@torch.no_grad()
-def mean_loss(model, x, y, chunk: int = 256) -> float:
-    """Mean token loss over a whole padded set, in chunks of sentences."""
-    total, count = 0.0, 0
-    for i in range(0, len(x), chunk):
-        tl = token_losses(model(x[i:i + chunk]), y[i:i + chunk], IGNORE)
-        total += float(tl.sum())
-        count += int((y[i:i + chunk] != IGNORE).sum())
-    return total / count
 
 
 def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = False) -> dict:
@@ -78,7 +75,9 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
         "tracked_sentences": {w: sorted(s) for w, s in tracked_sentences.items()},
     }
     rundir.write_json_atomic(out / rundir.SUMMARY, summary)
-    observers = [MetricsLog(out, opt.params), BatchLog(out, tracked_sentences, tracked_pieces),
+    sets = {"train_loss": full, "val_loss": full_val}
+    observers = [WholeSetLoss(model, sets, cfg.train.steps, cfg.train.eval_every),
+                 MetricsLog(out, opt.params), BatchLog(out, tracked_sentences, tracked_pieces),
                  TokenLossLog(out), MomentLog(out, opt, names, model.wte.weight, tracked_pieces)]
     if progress:
         observers.append(Progress(cfg.train.steps, out.name))
@@ -99,9 +98,6 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
             step_ms = (time.perf_counter() - t0) * 1e3
             # ---- end of the step; what follows only observes ----
             record = StepRecord(step, opt.lr, loss.item(), stats, batch, tl, n_tokens, step_ms)
-            if step % cfg.train.eval_every == 0 or step == cfg.train.steps - 1:
-                record.train_loss = mean_loss(model, full.x, full.y)
-                record.val_loss = mean_loss(model, full_val.x, full_val.y)
             for obs in observers:
                 obs.on_step(record)
             if not (math.isfinite(record.loss) and math.isfinite(stats.grad_norm_pre_clip)):
