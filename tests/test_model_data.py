@@ -51,7 +51,7 @@ def test_single_batch_overfits():
         opt.step()
     # all that is left is the first token after BOS: 4 equally likely sentences, ln 4 nats
     first = token_losses(m(b.x), b.y, IGNORE)[:, 0].mean()
-    assert abs(float(first) - math.log(4)) < 0.05
+    assert abs(first.item() - math.log(4)) < 0.05
     assert float(loss) < (math.log(4) * 4 + 0.1) / int((b.y != IGNORE).sum())
 
 

@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("run_a")
     c.add_argument("run_b")
     c.add_argument("--out", help="folder for the PNG (default: RUN_B)")
+    c.add_argument("--page", help="Markdown page whose '<!-- measured:A-vs-B -->' block to fill")
     return p
 
 
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "compare":
             from minitrain.compare import report
 
-            report(args.run_a, args.run_b, args.out)
+            report(args.run_a, args.run_b, args.out, args.page)
             return 0
     except USER_ERRORS as e:
         print(f"minitrain: error: {e}", file=sys.stderr)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.rundir import Run, load_run
+from minitrain.rundir import Run, RunDirError, load_run
 
 WINDOW = 50  # steps in the baseline median
 
@@ -62,10 +62,11 @@ def top_tokens(run: Run, step: int, k: int = 8) -> list[tuple[str, float, int]]:
     return [(tok.piece(t), s, n) for t, (s, n) in ranked]
 
 
-def v_recovery(run: Run, piece: str, step: int, factor: float = 2.0) -> int | None:
-    """Steps after `step` until the piece's embedding-row v (mean) is back within `factor`x its
-    median over the 20 steps before; None if it never came back (or never left)."""
-    trace = np.array([m["tracked"].get(piece, {}).get("v_mean", np.nan) for m in run.moments])
+def v_recovery(run: Run, piece: str, step: int, table: str = "wte",
+               factor: float = 2.0) -> int | None:
+    """Steps after `step` until the row's v (mean) is back within `factor`x its median over
+    the 20 steps before; None if it did not come back within the run."""
+    trace = run.v_trace(piece, table)
     if step >= len(trace) or step < 1:
         return None
     before = np.nanmedian(trace[max(0, step - 20):step])
@@ -96,15 +97,40 @@ def summarise(run: Run, step: int) -> dict:
         "whole_worst_after": np.nanmax(after) if np.isfinite(after).any() else np.nan,
         "whole_final": whole[np.isfinite(whole)][-1] if np.isfinite(whole).any() else np.nan,
         "post_clip_max": np.nanmax(post),
+        "clipped_steps_before": float(np.mean(post[:step] < g[:step] * (1 - 1e-9)))
+        if step else np.nan,
     })
     s["whole_rise"] = s["whole_worst_after"] - s["whole_before"]
-    for piece in run.summary.get("tracked_pieces", {}).values():
-        for p in piece:
-            s[f"v_recovery[{p}]"] = v_recovery(run, p, step)
+    for piece, table in run.tracked_rows():
+        trace = run.v_trace(piece, table)
+        s[f"v jump x [{piece} {table}]"] = trace[step] / np.nanmedian(trace[max(0, step - 20):step])
+        s[f"v back within 2x, steps [{piece} {table}]"] = v_recovery(run, piece, step, table)
     return s
 
 
-def report(a_path, b_path, out: str | Path | None = None) -> dict:
+def markdown(result: dict) -> str:
+    """The summary table as Markdown, for pages whose numbers must come from the runs."""
+    sa, sb = result["a_summary"], result["b_summary"]
+    lines = [f"Spike step: {_fmt(result['spike_step'])}", "",
+             f"| | {result['a']} | {result['b']} |", "|---|---:|---:|"]
+    for key in dict.fromkeys([*sa, *sb]):
+        lines.append(f"| {key} | {_fmt(sa.get(key))} | {_fmt(sb.get(key))} |")
+    return "\n".join(lines)
+
+
+def update_page(page: str | Path, key: str, text: str) -> None:
+    """Replace the block between `<!-- measured:KEY -->` and `<!-- /measured:KEY -->`."""
+    page = Path(page)
+    src = page.read_text(encoding="utf-8")
+    start, end = f"<!-- measured:{key} -->", f"<!-- /measured:{key} -->"
+    if start not in src or end not in src:
+        raise RunDirError(f"{page}: no '{start}' ... '{end}' block to fill")
+    head, rest = src.split(start, 1)
+    _, tail = rest.split(end, 1)
+    page.write_text(f"{head}{start}\n{text}\n{end}{tail}", encoding="utf-8")
+
+
+def report(a_path, b_path, out: str | Path | None = None, page: str | Path | None = None) -> dict:
     a, b = load_run(a_path), load_run(b_path)
     step = spike_step(a, b)
     result = {"spike_step": step, "a": a.name, "b": b.name}
@@ -120,6 +146,9 @@ def report(a_path, b_path, out: str | Path | None = None) -> dict:
     compare_panels(a, b, step, png)
     result["png"] = str(png)
     print(f"\npicture: {png}")
+    if page:
+        update_page(page, f"{a.name}-vs-{b.name}", markdown(result))
+        print(f"measured block updated in {page}")
     return result
 
 

@@ -26,8 +26,10 @@ class DataConfig:
     val: str = "corpus/val.txt"
     vocab_size: int = 320  # BPE vocabulary, special tokens included
     batch_size: int = 8  # sentences per batch
-    sampler: str = "random"  # random (with replacement) | shuffle (per epoch) | spread
+    sampler: str = "random"  # see SAMPLERS and minitrain.data.Sampler
     tracked_words: list[str] = field(default_factory=lambda: ["written"])
+    arrive_step: int = 0  # arrival samplers: the step the tracked sentences arrive
+    arrive_gap: int = 25  # arrival-spread: steps between two arriving sentences
 
     def check(self, where):
         if self.vocab_size < 64:
@@ -36,9 +38,13 @@ class DataConfig:
             raise where("data.batch_size", "must be at least 1")
         if self.sampler not in SAMPLERS:
             raise where("data.sampler", f"must be one of {', '.join(SAMPLERS)}")
+        if self.arrive_step < 0:
+            raise where("data.arrive_step", "must be >= 0")
+        if self.arrive_gap < 1:
+            raise where("data.arrive_gap", "must be at least 1")
 
 
-SAMPLERS = ("random", "shuffle", "spread")
+SAMPLERS = ("random", "shuffle", "spread", "arrival", "arrival-seen", "arrival-spread")
 
 
 @dataclass

@@ -142,32 +142,40 @@ class TokenLossLog(Observer):
 
 class MomentLog(Observer):
     """moments.jsonl: per tensor the norms of grad, m and v and the max of v; for the tracked
-    pieces their embedding rows' grad, m and v; the embedding rows with the largest gradient."""
+    pieces their rows in each vocabulary table (input embedding `wte`, and the head when it is
+    not tied): grad, m and v; the embedding rows with the largest gradient."""
 
-    def __init__(self, out: Path, opt: AdamW, names: list[str], embedding: torch.Tensor,
+    def __init__(self, out: Path, opt: AdamW, names: list[str], tables: dict[str, torch.Tensor],
                  tracked_pieces: dict[str, int], top_rows: int = 5):
         self.w = rundir.JsonlWriter(out / rundir.MOMENTS)
         self.opt, self.names = opt, names
-        self.emb_index = next(i for i, p in enumerate(opt.params) if p is embedding)
+        index = {id(p): i for i, p in enumerate(opt.params)}
+        self.tables = {name: index[id(t)] for name, t in tables.items()}
         self.tracked, self.top_rows = tracked_pieces, top_rows
 
+    def _rows(self, k: int, clip_factor: float):
+        # the stored grad is post-clip; dividing by the factor gives the pre-clip rows back
+        grad = self.opt.params[k].grad / clip_factor
+        return torch.linalg.vector_norm(grad, dim=1), self.opt.m[k], self.opt.v[k]
+
     def on_step(self, r):
-        opt, k = self.opt, self.emb_index
+        opt = self.opt
         m_norms = torch.stack(torch._foreach_norm(opt.m)).tolist()
         v_norms = torch.stack(torch._foreach_norm(opt.v)).tolist()
         v_max = torch.stack([v.max() for v in opt.v]).tolist()
         g_norms = r.stats.tensor_grad_norms.tolist()
         tensors = {n: {"grad_norm": g, "m_norm": m, "v_norm": v, "v_max": vm}
                    for n, g, m, v, vm in zip(self.names, g_norms, m_norms, v_norms, v_max)}
-        # the stored grad is post-clip; dividing by the factor gives the pre-clip rows back
-        emb_grad = opt.params[k].grad / r.stats.clip_factor
-        row_norms = torch.linalg.vector_norm(emb_grad, dim=1)
-        top = torch.topk(row_norms, min(self.top_rows, len(row_norms)))
-        m, v = opt.m[k], opt.v[k]
-        tracked = {p: {"id": i, "grad_norm": float(row_norms[i]),
-                       "m_norm": float(torch.linalg.vector_norm(m[i])),
-                       "v_mean": float(v[i].mean()), "v_max": float(v[i].max())}
-                   for p, i in self.tracked.items()}
+        tracked = {p: {"id": i} for p, i in self.tracked.items()}
+        top = None
+        for table, k in self.tables.items():
+            row_norms, m, v = self._rows(k, r.stats.clip_factor)
+            if table == "wte":
+                top = torch.topk(row_norms, min(self.top_rows, len(row_norms)))
+            for p, i in self.tracked.items():
+                tracked[p][table] = {"grad_norm": float(row_norms[i]),
+                                     "m_norm": float(torch.linalg.vector_norm(m[i])),
+                                     "v_mean": float(v[i].mean()), "v_max": float(v[i].max())}
         self.w.write({"step": r.step, "tensors": tensors, "tracked": tracked,
                       "top_grad_rows": [[int(i), float(n)] for n, i in zip(*top)]})
 

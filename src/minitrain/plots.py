@@ -27,9 +27,10 @@ def compare_panels(a: Run, b: Run, step: int | None, png: Path) -> None:
         ax[0, 1].semilogy(x, run.column("grad_norm_post_clip"), color=c, lw=1.0, ls=":",
                           label=f"{run.name} post-clip")
         ax[2, 1].plot(x, run.column("lr"), color=c, label=run.name)
-        for piece in [p for ps in run.summary.get("tracked_pieces", {}).values() for p in ps]:
-            v = [m["tracked"].get(piece, {}).get("v_mean", np.nan) for m in run.moments]
-            ax[2, 0].semilogy(np.arange(len(v)), v, color=c, label=f"{run.name} v[{piece}]")
+        for (piece, table), ls in zip(run.tracked_rows(), ("-", "--", ":", "-.")):
+            v = run.v_trace(piece, table)
+            ax[2, 0].semilogy(np.arange(len(v)), v, color=c, ls=ls,
+                              label=f"{run.name} v[{piece} {table}]")
         if step is not None and step < len(run.metrics):
             tl = run.token_losses(step)["loss"]
             ax[1, 0 if run is a else 1].hist(tl, bins=40, color=c)

@@ -136,6 +136,18 @@ class Run:
         tl = self._token_losses
         return tl if step is None else tl[tl["step"] == step]
 
+    def tracked_rows(self) -> list[tuple[str, str]]:
+        """(piece, table) for every tracked vocabulary row logged in moments.jsonl."""
+        if not self.moments:
+            return []
+        return [(p, t) for p, rows in self.moments[0]["tracked"].items()
+                for t in rows if t != "id"]
+
+    def v_trace(self, piece: str, table: str) -> np.ndarray:
+        """Mean of Adam's v over a tracked piece's row in `table` (wte or head), per step."""
+        return np.array([m["tracked"].get(piece, {}).get(table, {}).get("v_mean", np.nan)
+                         for m in self.moments])
+
     def tokenizer(self):
         from minitrain.tokenizer import Tokenizer
 

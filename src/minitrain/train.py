@@ -59,7 +59,8 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     groups, names = param_groups(model, cfg.optimizer.weight_decay)
     o = cfg.optimizer
     opt = AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, grad_clip=o.grad_clip)
-    sampler = Sampler(len(enc), cfg.data.batch_size, cfg.data.sampler, cfg.seed, rare_ids)
+    sampler = Sampler(len(enc), cfg.data.batch_size, cfg.data.sampler, cfg.seed, rare_ids,
+                      cfg.data.arrive_step, cfg.data.arrive_gap)
     full = make_batch(enc, list(range(len(enc))), tok.pad_id)
     full_val = make_batch(enc_val, list(range(len(enc_val))), tok.pad_id)
 
@@ -76,9 +77,12 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     }
     rundir.write_json_atomic(out / rundir.SUMMARY, summary)
     sets = {"train_loss": full, "val_loss": full_val}
+    tables = {"wte": model.wte.weight}
+    if not cfg.model.tie_weights:
+        tables["head"] = model.head.weight
     observers = [WholeSetLoss(model, sets, cfg.train.steps, cfg.train.eval_every),
                  MetricsLog(out, opt.params), BatchLog(out, tracked_sentences, tracked_pieces),
-                 TokenLossLog(out), MomentLog(out, opt, names, model.wte.weight, tracked_pieces)]
+                 TokenLossLog(out), MomentLog(out, opt, names, tables, tracked_pieces)]
     if progress:
         observers.append(Progress(cfg.train.steps, out.name))
 
