@@ -37,3 +37,26 @@ test *args:
 
 lint:
     {{python}} -m ruff check src tests
+
+# the ablations that show the cause ("written" seen from the start; the rare sentences spread
+# out), the handout's original random-batch pair, and the clip-0.5 fix
+phase-19-ablations:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    for exp in 19-ablate-seen 19-ablate-spread 19-handout-control 19-handout-batches; do
+      {{python}} -m minitrain train experiments/$exp/config.yaml --force --quiet
+    done
+    seed={{seed}} grad_clip=0.5 {{just_executable()}} phase-19-train
+
+# rerun everything and refill the measured blocks of the exercise page from the runs
+phase-19-report: phase-19 phase-19-ablations
+    #!/usr/bin/env bash
+    set -euo pipefail
+    page=experiments/19-break-no-clip/README.md
+    {{python}} -m minitrain compare experiments/19-control experiments/19-break-no-clip --page $page
+    for exp in 19-ablate-seen 19-ablate-spread; do
+      {{python}} -m minitrain compare experiments/19-break-no-clip experiments/$exp --page $page
+    done
+    {{python}} -m minitrain compare experiments/19-control experiments/19-clip-0.5 --page $page
+    {{python}} -m minitrain compare experiments/19-handout-control experiments/19-handout-batches \
+      --page $page

@@ -78,6 +78,16 @@ def v_recovery(run: Run, piece: str, step: int, table: str = "wte",
     return None
 
 
+def densest_batch(run: Run) -> dict:
+    """The first batch holding the most tracked-word sentences, and its norm ratio."""
+    counts = np.array([sum(b.get("words", {}).values()) for b in run.batches])
+    if not len(counts) or counts.max() == 0:
+        return {}
+    i = int(np.argmax(counts))
+    return {"most tracked sentences in a batch": int(counts[i]), "  at step": i,
+            "  its norm ratio": norm_ratios(run)[i] if i < len(run.metrics) else np.nan}
+
+
 def summarise(run: Run, step: int) -> dict:
     g, post = run.column("grad_norm_pre_clip"), run.column("grad_norm_post_clip")
     loss, whole = run.column("loss"), run.column("train_loss")
@@ -101,9 +111,12 @@ def summarise(run: Run, step: int) -> dict:
         if step else np.nan,
     })
     s["whole_rise"] = s["whole_worst_after"] - s["whole_before"]
+    s.update(densest_batch(run))
     for piece, table in run.tracked_rows():
         trace = run.v_trace(piece, table)
-        s[f"v jump x [{piece} {table}]"] = trace[step] / np.nanmedian(trace[max(0, step - 20):step])
+        before = np.nanmedian(trace[max(0, step - 20):step]) if step else np.nan
+        # a row with no gradient before (an input piece never seen) jumps from exactly 0
+        s[f"v jump x [{piece} {table}]"] = "from 0" if before == 0 else trace[step] / before
         s[f"v back within 2x, steps [{piece} {table}]"] = v_recovery(run, piece, step, table)
     return s
 

@@ -55,7 +55,7 @@ class WholeSetLoss(Observer):
     every step for `dense` steps after the pre-clip norm jumps past `jump` x its recent median,
     so the whole-set curve around a spike is complete. Must run before the writers."""
 
-    def __init__(self, model, sets, total_steps, every, jump=3.0, dense=40, window=50):
+    def __init__(self, model, sets, total_steps, every, jump=3.0, dense=100, window=50):
         self.model, self.sets = model, sets  # {"train_loss": Batch, "val_loss": Batch}
         self.total, self.every, self.jump, self.dense = total_steps, every, jump, dense
         self.norms: deque[float] = deque(maxlen=window)

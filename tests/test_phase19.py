@@ -1,0 +1,73 @@
+"""The flagship exercise, for real: the shipped phase-19 configs reproduce the spike, the
+control contains it, the 'seen from the start' ablation has none, and the exercise page's
+measured block is what these runs give. About a minute on 2 cores."""
+
+import re
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from minitrain import config
+from minitrain.compare import markdown, norm_ratios, report
+from minitrain.rundir import load_run
+from minitrain.train import train
+
+PAGE = ROOT / "experiments/19-break-no-clip/README.md"
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("phase19")
+    out = {}
+    for name in ("19-control", "19-break-no-clip", "19-ablate-seen"):
+        cfg = config.load(ROOT / f"experiments/{name}/config.yaml")
+        train(cfg, tmp / name, progress=False)
+        out[name] = load_run(tmp / name)
+    return out
+
+
+def _rise(run, step):
+    whole = run.column("train_loss")
+    before = whole[:step][np.isfinite(whole[:step])][-1]
+    return np.nanmax(whole[step:step + 150]) - before
+
+
+def test_break_spikes_and_control_contains_it(runs):
+    a, b = runs["19-control"], runs["19-break-no-clip"]
+    words = [x["words"]["written"] for x in b.batches]
+    step = int(np.argmax(words))
+    assert words[step] >= 3
+    ratios = norm_ratios(b)
+    assert ratios[step] >= 10 and int(np.nanargmax(ratios)) == step
+    assert _rise(b, step) >= max(2 * _rise(a, step), 0.3)
+    assert np.nanmax(a.column("grad_norm_post_clip")) <= 1.0 + 1e-6
+
+
+def test_seen_from_the_start_no_spike(runs):
+    b, seen = runs["19-break-no-clip"], runs["19-ablate-seen"]
+    step = int(np.argmax([x["words"]["written"] for x in b.batches]))
+    assert seen.batches[step]["words"]["written"] == 5  # the same all-rare batch...
+    assert norm_ratios(seen)[step] < 3  # ...is not a spike once the word is known
+    assert _rise(seen, step) < 0.1
+
+
+def _numbers(block: str) -> dict[str, list[float]]:
+    rows = {}
+    for line in block.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if len(cells) == 3 and cells[0]:
+            rows[cells[0]] = [float(c) for c in cells[1:] if re.fullmatch(r"-?[\d.e+-]+", c)]
+    return rows
+
+
+def test_page_numbers_come_from_these_runs(runs, tmp_path):
+    key = "19-control-vs-19-break-no-clip"
+    page = PAGE.read_text(encoding="utf-8")
+    block = page.split(f"<!-- measured:{key} -->")[1].split(f"<!-- /measured:{key} -->")[0]
+    published = _numbers(block)
+    fresh = _numbers(markdown(report(runs["19-control"].path, runs["19-break-no-clip"].path,
+                                     tmp_path)))
+    assert published.keys() == fresh.keys() and len(published) > 15
+    for row, values in fresh.items():
+        assert values == pytest.approx(published[row], rel=0.02, abs=1e-3), row
