@@ -52,7 +52,7 @@ def test_single_batch_overfits():
     # all that is left is the first token after BOS: 4 equally likely sentences, ln 4 nats
     first = token_losses(m(b.x), b.y, IGNORE)[:, 0].mean()
     assert abs(first.item() - math.log(4)) < 0.05
-    assert float(loss) < (math.log(4) * 4 + 0.1) / int((b.y != IGNORE).sum())
+    assert loss.item() < (math.log(4) * 4 + 0.1) / int((b.y != IGNORE).sum())
 
 
 def test_samplers_are_seeded_and_spread_keeps_rare_apart():
@@ -64,3 +64,25 @@ def test_samplers_are_seeded_and_spread_keeps_rare_apart():
     assert all(sum(i in rare for i in s.next_ids()) <= 1 for _ in range(2000))
     sh = Sampler(120, 8, "shuffle", 0)
     assert sorted(i for _ in range(15) for i in sh.next_ids()) == list(range(120))
+
+
+def test_arrival_samplers():
+    rare = [3, 17, 40, 41, 99]
+
+    def stream(kind, steps=160):
+        s = Sampler(120, 12, kind, 42, rare, arrive_step=100, arrive_gap=10)
+        return [s.next_ids() for _ in range(steps)]
+
+    def n_rare(ids):
+        return sum(i in rare for i in ids)
+
+    held = stream("arrival")
+    assert all(n_rare(b) == 0 for b in held[:100])
+    assert sorted(held[100][:5]) == rare and len(held[100]) == 12
+    assert all(n_rare(b) <= 1 for b in held[101:])
+    seen = stream("arrival-seen")
+    assert sum(n_rare(b) for b in seen[:100]) > 10 and n_rare(seen[100]) == 5
+    spread = stream("arrival-spread")
+    arrivals = [(step, ids[0]) for step, ids in enumerate(spread) if n_rare(ids)]
+    assert arrivals[:5] == [(100 + 10 * k, r) for k, r in enumerate(rare)]
+    assert all(n_rare(b) <= 1 for b in spread)

@@ -15,7 +15,8 @@ from minitrain.corpus import read_sentences
 from minitrain.rundir import RunDirError, load_run
 from minitrain.train import train
 
-TINY = ["data.vocab_size=400", "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
+TINY = ["data.vocab_size=400", "data.batch_size=8", "data.sampler=random", "train.threads=0",
+        "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
         "train.steps=40", "train.eval_every=1", "optimizer.warmup_steps=5"]
 
 
