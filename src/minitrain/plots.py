@@ -38,7 +38,7 @@ def compare_panels(a: Run, b: Run, step: int | None, png: Path) -> None:
             ax[1, 0 if run is a else 1].set_xlabel("loss (nats)")
     ax[0, 0].set_title("loss")
     ax[0, 1].set_title("gradient norm (log)")
-    ax[2, 0].set_title("Adam v, mean over the tracked pieces' embedding rows (log)")
+    ax[2, 0].set_title("Adam v, mean over each tracked piece's row (wte: input, head: output; log)")
     ax[2, 1].set_title("learning rate")
     for axis in (ax[0, 0], ax[0, 1], ax[2, 0], ax[2, 1]):
         if step is not None:
