@@ -135,3 +135,37 @@ def test_train_refuses_to_mix_runs(pair):
 def test_missing_run_files_error():
     with pytest.raises(RunDirError, match="not a run directory"):
         load_run("does/not/exist")
+
+
+def test_same_config_same_bytes(pair, tmp_path):
+    (_, a), _ = pair
+    _run(tmp_path, "again")
+    for name in ("metrics.jsonl", "batches.jsonl", "moments.jsonl", "token_losses.bin"):
+        assert (tmp_path / "again" / name).read_bytes() == (a.path / name).read_bytes(), name
+
+
+def test_ctrl_c_ends_interrupted_with_files_consistent(tmp_path):
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "int"
+    args = [sys.executable, "-m", "minitrain", "train", "experiments/19-control/config.yaml",
+            "--out", str(out), "--quiet", *(x for kv in TINY[:-3] for x in ("--set", kv)),
+            "--set", "train.steps=100000"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        m = out / "metrics.jsonl"
+        if m.exists() and m.read_text().count("\n") >= 5:
+            break
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    run = load_run(out)
+    assert run.summary["status"] == "interrupted"
+    n = run.summary["steps_completed"]
+    assert len(run.metrics) == len(run.batches) == len(run.moments) == n
+    assert int(run.token_losses()["step"].max()) == n - 1
+    assert os.path.getsize(out / "token_losses.bin") % 24 == 0

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -35,6 +37,28 @@ def param_groups(model: torch.nn.Module, weight_decay: float):
     names = [n for n, p in named if p.dim() >= 2] + [n for n, p in named if p.dim() < 2]
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": rest, "weight_decay": 0.0}], names
+
+
+class StopOnCtrlC:
+    """The first Ctrl-C asks the loop to stop after the current step, so every log holds
+    whole steps; a second one interrupts at once."""
+
+    def __init__(self):
+        self.requested, self._previous = False, None
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = False) -> dict:
@@ -86,28 +110,36 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     if progress:
         observers.append(Progress(cfg.train.steps, out.name))
 
-    status, step, record = "completed", -1, None
+    status, record, done = "completed", None, 0  # done: steps whose records are all written
+    step_s, tokens = 0.0, 0  # time in the training step proper, and tokens it scored
     try:
-        for step in range(cfg.train.steps):
-            t0 = time.perf_counter()
-            # ---- the training step ----
-            opt.lr = lr_at(step, o.lr, o.warmup_steps, cfg.train.steps, o.min_lr_ratio)
-            batch = make_batch(enc, sampler.next_ids(), tok.pad_id)
-            tl = token_losses(model(batch.x), batch.y, IGNORE)  # (B, T)
-            n_tokens = int((batch.y != IGNORE).sum())
-            loss = tl.sum() / n_tokens
-            opt.zero_grad()
-            loss.backward()
-            stats = opt.step()  # clip, moments, update
-            step_ms = (time.perf_counter() - t0) * 1e3
-            # ---- end of the step; what follows only observes ----
-            record = StepRecord(step, opt.lr, loss.item(), stats, batch, tl, n_tokens, step_ms)
-            for obs in observers:
-                obs.on_step(record)
-            if not (math.isfinite(record.loss) and math.isfinite(stats.grad_norm_pre_clip)):
-                status = "diverged"
-                break
-    except KeyboardInterrupt:
+        with StopOnCtrlC() as ctrl_c:
+            for step in range(cfg.train.steps):
+                t0 = time.perf_counter()
+                # ---- the training step ----
+                opt.lr = lr_at(step, o.lr, o.warmup_steps, cfg.train.steps, o.min_lr_ratio)
+                batch = make_batch(enc, sampler.next_ids(), tok.pad_id)
+                tl = token_losses(model(batch.x), batch.y, IGNORE)  # (B, T)
+                n_tokens = int((batch.y != IGNORE).sum())
+                loss = tl.sum() / n_tokens
+                opt.zero_grad()
+                loss.backward()
+                stats = opt.step()  # clip, moments, update
+                step_ms = (time.perf_counter() - t0) * 1e3
+                # ---- end of the step; what follows only observes ----
+                step_s, tokens = step_s + step_ms / 1e3, tokens + n_tokens
+                record = StepRecord(step, opt.lr, loss.item(), stats, batch, tl, n_tokens,
+                                    step_ms)
+                for obs in observers:
+                    obs.on_step(record)
+                done = step + 1
+                if not (math.isfinite(record.loss) and math.isfinite(stats.grad_norm_pre_clip)):
+                    status = "diverged"
+                    break
+                if ctrl_c.requested:
+                    status = "interrupted"
+                    break
+    except KeyboardInterrupt:  # a second Ctrl-C: stop at once; readers skip a cut-off line
         status = "interrupted"
     finally:
         for obs in observers:
@@ -115,12 +147,13 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
         wall_s = time.perf_counter() - t_start
         summary.update({
             "status": status,
-            "steps_completed": step + 1 if record is not None and record.step == step else step,
-            "diverged_at_step": step if status == "diverged" else None,
+            "steps_completed": done,
+            "diverged_at_step": done - 1 if status == "diverged" else None,
             "final_loss": record.loss if record else None,
             "final_train_loss": record.train_loss if record else None,
             "final_val_loss": record.val_loss if record else None,
             "wall_s": round(wall_s, 3),
+            "train_step_tokens_per_s": round(tokens / step_s) if step_s else None,
         })
         rundir.write_json_atomic(out / rundir.SUMMARY, summary)
     return summary
