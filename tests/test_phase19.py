@@ -71,3 +71,19 @@ def test_page_numbers_come_from_these_runs(runs, tmp_path):
     assert published.keys() == fresh.keys() and len(published) > 15
     for row, values in fresh.items():
         assert values == pytest.approx(published[row], rel=0.02, abs=1e-3), row
+
+
+def test_diagnose_names_step_batch_piece_and_word(runs):
+    from minitrain.diagnose import diagnose
+
+    b = diagnose(runs["19-break-no-clip"].path)
+    spike = next(s for s in b["spikes"] if s["step"] == 1200)
+    assert "grad_norm" in spike["kind"] and spike["ratio"] >= 10 and spike["clip"] is None
+    assert spike["batch"]["words"] == {"written": 5}
+    carrier = next(c for c in spike["loss_carriers"] if c["piece"] == "▁written")
+    assert carrier["words"] == ["written"] and carrier["usual_loss"] is None
+    head = next(m for m in spike["moments"] if m["table"] == "head")
+    assert head["v_jump"] > 10
+    assert spike["whole_loss"]["worst_after"] > spike["whole_loss"]["before"] + 0.3
+    seen = diagnose(runs["19-ablate-seen"].path)
+    assert all(s["step"] != 1200 for s in seen["spikes"])

@@ -169,3 +169,16 @@ def test_ctrl_c_ends_interrupted_with_files_consistent(tmp_path):
     assert len(run.metrics) == len(run.batches) == len(run.moments) == n
     assert int(run.token_losses()["step"].max()) == n - 1
     assert os.path.getsize(out / "token_losses.bin") % 24 == 0
+
+
+def test_diagnose_reads_a_diverged_run_and_bad_dirs_fail_cleanly(tmp_path):
+    from minitrain.diagnose import diagnose
+
+    summary, run = _run(tmp_path, "boom", ["optimizer.lr=1e6", "optimizer.grad_clip=null",
+                                           "optimizer.warmup_steps=0"])
+    result = diagnose(run.path)
+    assert result["status"] == "diverged"
+    r = _cli("diagnose", str(tmp_path / "nope"))
+    assert r.returncode == 2 and r.stderr.startswith("minitrain: error:")
+    r = _cli("diagnose", str(run.path), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["status"] == "diverged"

@@ -29,6 +29,13 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("run_b")
     c.add_argument("--out", help="folder for the PNG (default: RUN_B)")
     c.add_argument("--page", help="Markdown page whose '<!-- measured:A-vs-B -->' block to fill")
+    d = sub.add_parser("diagnose", help="find a run's spikes and what carried them")
+    d.add_argument("run")
+    d.add_argument("--json", action="store_true", help="print JSON instead of the report")
+    d.add_argument("--out", help="also write the JSON to this file")
+    d.add_argument("--window", type=int, default=50, help="steps in the rolling baseline")
+    d.add_argument("--z", type=float, default=6.0, help="robust z-score threshold")
+    d.add_argument("--min-ratio", type=float, default=3.0, help="ratio-to-median threshold")
     return p
 
 
@@ -50,6 +57,17 @@ def main(argv: list[str] | None = None) -> int:
             from minitrain.compare import report
 
             report(args.run_a, args.run_b, args.out, args.page)
+            return 0
+        if args.command == "diagnose":
+            from minitrain.diagnose import Thresholds, diagnose, print_report, to_json
+
+            result = diagnose(args.run, Thresholds(args.window, args.z, args.min_ratio))
+            if args.out:
+                Path(args.out).write_text(to_json(result) + "\n", encoding="utf-8")
+            if args.json:
+                print(to_json(result))
+            else:
+                print_report(result)
             return 0
     except USER_ERRORS as e:
         print(f"minitrain: error: {e}", file=sys.stderr)

@@ -78,6 +78,18 @@ def v_recovery(run: Run, piece: str, step: int, table: str = "wte",
     return None
 
 
+def _whole_back(whole: np.ndarray, step: int, before: float, rise: float) -> int | str | None:
+    """Steps after `step` until the whole-set loss is back below before + 10% of the rise,
+    counted from its worst point on; 'no rise' when it never went up."""
+    if not np.isfinite(rise) or rise <= 0:
+        return "no rise"
+    worst = step + int(np.nanargmax(whole[step:step + 150]))
+    for j in range(worst, len(whole)):
+        if np.isfinite(whole[j]) and whole[j] <= before + 0.1 * rise:
+            return j - step
+    return None
+
+
 def densest_batch(run: Run) -> dict:
     """The first batch holding the most tracked-word sentences, and its norm ratio."""
     counts = np.array([sum(b.get("words", {}).values()) for b in run.batches])
@@ -111,6 +123,8 @@ def summarise(run: Run, step: int) -> dict:
         if step else np.nan,
     })
     s["whole_rise"] = s["whole_worst_after"] - s["whole_before"]
+    s["whole back within 10% of rise, steps"] = _whole_back(whole, step, s["whole_before"],
+                                                            s["whole_rise"])
     s.update(densest_batch(run))
     for piece, table in run.tracked_rows():
         trace = run.v_trace(piece, table)

@@ -1,0 +1,221 @@
+"""`minitrain diagnose RUN`: find the spikes of one run and what carried them, from its run
+directory alone. Works on any run: no word, step or model size is assumed.
+
+A step is a spike when its value (pre-clip gradient norm, or batch loss) is both `min_ratio`
+times the median of the `window` steps before it and `z` robust standard deviations above it
+(median absolute deviation of the logs, as production trainers' outlier detectors do).
+Steps before the end of warm-up plus a quarter window are not judged; flagged steps closer
+than `merge` steps are one event, reported at its largest ratio.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from minitrain.compare import _whole_back, sentence_texts, v_recovery
+from minitrain.rundir import Run, load_run
+
+
+@dataclass
+class Thresholds:
+    window: int = 50
+    z: float = 6.0
+    min_ratio: float = 3.0
+    merge: int = 20
+
+
+def detect(values: np.ndarray, start: int, th: Thresholds) -> list[dict]:
+    """Spike events in `values` from step `start` on: step, ratio to the rolling median, z."""
+    logs = np.log(np.where(values > 0, values, np.nan))
+    flagged = []
+    for i in range(start, len(values)):
+        hist = logs[max(0, i - th.window):i]
+        hist = hist[np.isfinite(hist)]
+        if len(hist) < 10:
+            continue
+        if not np.isfinite(values[i]):
+            flagged.append({"step": i, "ratio": np.inf, "z": np.inf})
+            continue
+        med = np.median(hist)
+        mad = max(1.4826 * np.median(np.abs(hist - med)), 1e-6)
+        ratio, z = float(np.exp(logs[i] - med)), float((logs[i] - med) / mad)
+        if ratio >= th.min_ratio and z >= th.z:
+            flagged.append({"step": i, "ratio": ratio, "z": z})
+    events: list[dict] = []
+    for f in flagged:
+        if events and f["step"] - events[-1]["last"] <= th.merge:
+            events[-1]["last"] = f["step"]
+            if f["ratio"] > events[-1]["ratio"]:
+                events[-1].update(step=f["step"], ratio=f["ratio"], z=f["z"])
+        else:
+            events.append({**f, "last": f["step"]})
+    return events
+
+
+def _words(pieces: list[str]) -> list[str]:
+    """For each piece, the whole word it belongs to. A piece starting with '▁' opens a word;
+    punctuation and special pieces ([EOS]) stand alone (the pre-tokenizer splits them off)."""
+    def alone(p):
+        return (p.startswith("[") and p.endswith("]")) or not any(c.isalnum() for c in p)
+
+    starts, start = [], 0
+    for i, p in enumerate(pieces):
+        if i == 0 or p.startswith("▁") or alone(p) or alone(pieces[i - 1]):
+            start = i
+        starts.append(start)
+    words = []
+    for i, s in enumerate(starts):
+        end = next((j for j in range(i + 1, len(pieces)) if starts[j] != s), len(pieces))
+        words.append("".join(pieces[s:end]).lstrip("▁"))
+    return words
+
+
+def loss_carriers(run: Run, step: int, k: int = 6) -> list[dict]:
+    """Target pieces carrying the most loss at `step`, against their usual loss before it, and
+    the words they sit in."""
+    tok, tl = run.tokenizer(), run.token_losses()
+    now = tl[tl["step"] == step]
+    past = tl[(tl["step"] < step) & (tl["step"] >= max(0, step - 200))]
+    words: dict[int, set[str]] = {}
+    for row in sorted(set(now["row"].tolist())):
+        recs = now[now["row"] == row]
+        recs = recs[np.argsort(recs["pos"], kind="stable")]
+        targets = recs["target"].tolist()
+        pieces = [tok.piece(t) for t in targets]
+        for t, w in zip(targets, _words(pieces)):
+            if t not in (tok.eos_id, tok.pad_id):
+                words.setdefault(t, set()).add(w)
+    rows = []
+    for t in set(now["target"].tolist()):
+        sel = now["loss"][now["target"] == t]
+        before = past["loss"][past["target"] == t]
+        rows.append({"piece": tok.piece(t), "loss_sum": float(sel.sum()), "count": len(sel),
+                     "loss_mean": float(sel.mean()),
+                     "usual_loss": float(before.mean()) if len(before) else None,
+                     "words": sorted(words.get(t, set()))})
+    return sorted(rows, key=lambda r: -r["loss_sum"])[:k]
+
+
+def norm_carriers(run: Run, step: int, k: int = 3) -> dict:
+    """Parameter tensors and embedding rows by share of the squared pre-clip norm."""
+    if step >= len(run.moments):
+        return {}
+    mom, tok = run.moments[step], run.tokenizer()
+    total = sum(t["grad_norm"] ** 2 for t in mom["tensors"].values()) or 1.0
+    tensors = sorted(((n, t["grad_norm"] ** 2 / total) for n, t in mom["tensors"].items()),
+                     key=lambda x: -x[1])[:k]
+    rows = [{"piece": tok.piece(i), "share": n * n / total} for i, n in mom["top_grad_rows"][:k]]
+    return {"tensors": [{"name": n, "share": s} for n, s in tensors], "embedding_rows": rows}
+
+
+def moments_at(run: Run, step: int) -> list[dict]:
+    out = []
+    for piece, table in run.tracked_rows():
+        trace = run.v_trace(piece, table)
+        before = np.nanmedian(trace[max(0, step - 20):step]) if step else np.nan
+        out.append({"piece": piece, "table": table, "v_before": before, "v_at": trace[step],
+                    "v_jump": None if not before else trace[step] / before,
+                    "v_back_within_2x_steps": v_recovery(run, piece, step, table)})
+    return out
+
+
+def describe(run: Run, event: dict, kind: str) -> dict:
+    step, m = event["step"], run.metrics[event["step"]]
+    whole = run.column("train_loss")
+    before = whole[:step][np.isfinite(whole[:step])]
+    w_before = float(before[-1]) if len(before) else np.nan
+    after = whole[step:step + 150]
+    worst = float(np.nanmax(after)) if np.isfinite(after).any() else np.nan
+    batch = run.batches[step] if step < len(run.batches) else {}
+    return {
+        "kind": kind, "step": step, "ratio": event["ratio"], "z": event["z"],
+        "loss": m["loss"], "grad_norm_pre_clip": m["grad_norm_pre_clip"],
+        "grad_norm_post_clip": m["grad_norm_post_clip"], "clip_factor": m["clip_factor"],
+        "clip": run.config["optimizer"].get("grad_clip"),
+        "batch": {"sentence_ids": batch.get("sentence_ids"), "words": batch.get("words"),
+                  "texts": [t for _, t in sentence_texts(run, step)]},
+        "loss_carriers": loss_carriers(run, step),
+        "norm_carriers": norm_carriers(run, step),
+        "moments": moments_at(run, step),
+        "whole_loss": {"before": w_before, "worst_after": worst,
+                       "back_within_10pct_steps": _whole_back(whole, step, w_before,
+                                                              worst - w_before)},
+    }
+
+
+def diagnose(path: str | Path, th: Thresholds | None = None) -> dict:
+    th = th or Thresholds()
+    run = load_run(path)
+    start = run.config["optimizer"]["warmup_steps"] + th.window // 4
+    spikes = []
+    for kind, key in (("grad_norm", "grad_norm_pre_clip"), ("loss", "loss")):
+        for ev in detect(run.column(key), start, th):
+            spikes.append((kind, ev))
+    # one entry per step: a loss spike at the step of a norm spike is the same event
+    by_step: dict[int, dict] = {}
+    for kind, ev in sorted(spikes, key=lambda x: x[0] != "grad_norm"):
+        if ev["step"] not in by_step:
+            by_step[ev["step"]] = describe(run, ev, kind)
+        else:
+            by_step[ev["step"]]["kind"] += "+" + kind
+    return {"run": str(run.path), "status": run.summary.get("status"),
+            "steps": len(run.metrics), "thresholds": asdict(th),
+            "spikes": [by_step[s] for s in sorted(by_step)]}
+
+
+def _clean(x):
+    if isinstance(x, float):
+        return x if np.isfinite(x) else None
+    if isinstance(x, (np.floating, np.integer)):
+        return _clean(x.item())
+    if isinstance(x, dict):
+        return {k: _clean(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_clean(v) for v in x]
+    return x
+
+
+def to_json(result: dict) -> str:
+    return json.dumps(_clean(result), indent=2, ensure_ascii=False)
+
+
+def print_report(result: dict) -> None:
+    from rich.console import Console
+
+    con, th = Console(), result["thresholds"]
+    con.print(f"[bold]{result['run']}[/]: {result['status']}, {result['steps']} steps; spike = "
+              f">= {th['min_ratio']}x and >= {th['z']} robust sd above the median of the "
+              f"{th['window']} steps before")
+    if not result["spikes"]:
+        con.print("no spike found")
+    for s in result["spikes"]:
+        clip = "off" if s["clip"] is None else s["clip"]
+        con.print(f"\n[bold]step {s['step']}[/] ({s['kind']}): x{s['ratio']:.1f} the median, "
+                  f"loss {s['loss']}, norm {s['grad_norm_pre_clip']:.4g} -> "
+                  f"{s['grad_norm_post_clip']:.4g} after clip ({clip})")
+        con.print(f"  batch {s['batch']['sentence_ids']}  tracked: {s['batch']['words']}")
+        for text in s["batch"]["texts"]:
+            con.print(f"    {text}")
+        con.print("  loss carried by:")
+        for c in s["loss_carriers"]:
+            usual = "never a target before" if c["usual_loss"] is None else \
+                f"usually {c['usual_loss']:.2f}"
+            con.print(f"    {c['piece']!r:>12} {c['loss_sum']:8.2f} nats over {c['count']} "
+                      f"({usual}) in {', '.join(c['words'])}")
+        nc = s["norm_carriers"]
+        if nc:
+            con.print("  norm carried by: " + ", ".join(
+                f"{t['name']} {t['share']:.0%}" for t in nc["tensors"]) + "; rows " + ", ".join(
+                f"{r['piece']!r} {r['share']:.0%}" for r in nc["embedding_rows"]))
+        for m in s["moments"]:
+            jump = "from 0" if m["v_jump"] is None else f"x{m['v_jump']:.3g}"
+            back = m["v_back_within_2x_steps"]
+            con.print(f"  v[{m['piece']} {m['table']}] jumped {jump}; back within 2x: "
+                      f"{'not within the run' if back is None else f'{back} steps'}")
+        w = s["whole_loss"]
+        con.print(f"  whole-set loss {w['before']:.4g} -> worst {w['worst_after']:.4g}; back: "
+                  f"{w['back_within_10pct_steps']}")
