@@ -87,3 +87,16 @@ def test_diagnose_names_step_batch_piece_and_word(runs):
     assert spike["whole_loss"]["worst_after"] > spike["whole_loss"]["before"] + 0.3
     seen = diagnose(runs["19-ablate-seen"].path)
     assert all(s["step"] != 1200 for s in seen["spikes"])
+
+
+def test_postmortem_fills_the_measured_placeholders(runs):
+    from minitrain.diagnose import diagnose, postmortem
+
+    b, a = runs["19-break-no-clip"], runs["19-control"]
+    text = postmortem(diagnose(b.path), a.path)
+    for measured in ("{spike_step}", "{grad_norm_pre_clip}", "{ratio}", "{top_tokens}",
+                     "{whole_loss_before}", "{whole_loss_worst}", "{v_jump}", "{config_diff}"):
+        assert measured not in text
+    assert "At step 1200 of `19-break-no-clip`" in text
+    assert "optimizer.grad_clip: 1.0 -> None" in text
+    assert "{root_cause}" in text  # judgement is left to the author

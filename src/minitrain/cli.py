@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--window", type=int, default=50, help="steps in the rolling baseline")
     d.add_argument("--z", type=float, default=6.0, help="robust z-score threshold")
     d.add_argument("--min-ratio", type=float, default=3.0, help="ratio-to-median threshold")
+    d.add_argument("--postmortem", metavar="FILE",
+                   help="write theory/04's post-mortem template, filled for the largest spike")
+    d.add_argument("--against", metavar="RUN_A", help="reference run for the post-mortem")
     return p
 
 
@@ -64,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
             result = diagnose(args.run, Thresholds(args.window, args.z, args.min_ratio))
             if args.out:
                 Path(args.out).write_text(to_json(result) + "\n", encoding="utf-8")
+            if args.postmortem:
+                from minitrain.diagnose import postmortem
+
+                text = postmortem(result, args.against)
+                Path(args.postmortem).write_text(text, encoding="utf-8")
             if args.json:
                 print(to_json(result))
             else:
