@@ -60,3 +60,7 @@ phase-19-report: phase-19 phase-19-ablations
     {{python}} -m minitrain compare experiments/19-control experiments/19-clip-0.5 --page $page
     {{python}} -m minitrain compare experiments/19-handout-control experiments/19-handout-batches \
       --page $page
+
+# speed against plain PyTorch; writes bench/results.md and bench/results.json
+bench *args:
+    {{python}} -m minitrain.bench {{args}}

@@ -100,8 +100,10 @@ class OptimizerConfig:
 class TrainConfig:
     steps: int = 600
     eval_every: int = 1  # whole-train-set and val loss every N steps
+    eval_dense: bool = True  # and every step for 100 steps after a gradient-norm jump
     device: str = "cpu"
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    instrument: bool = True  # false: write only config, tokenizer and summary (benchmarks)
 
     def check(self, where):
         if self.steps < 1:

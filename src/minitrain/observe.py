@@ -55,15 +55,17 @@ class WholeSetLoss(Observer):
     every step for `dense` steps after the pre-clip norm jumps past `jump` x its recent median,
     so the whole-set curve around a spike is complete. Must run before the writers."""
 
-    def __init__(self, model, sets, total_steps, every, jump=3.0, dense=100, window=50):
+    def __init__(self, model, sets, total_steps, every, warmup, jump=3.0, dense=100, window=50):
         self.model, self.sets = model, sets  # {"train_loss": Batch, "val_loss": Batch}
         self.total, self.every, self.jump, self.dense = total_steps, every, jump, dense
+        self.warmup = warmup  # norms move fast while lr ramps up: no jump is judged there
         self.norms: deque[float] = deque(maxlen=window)
         self.dense_until = -1
 
     def on_step(self, r):
         g = r.stats.grad_norm_pre_clip
-        if len(self.norms) >= 10 and g > self.jump * statistics.median(self.norms):
+        judged = r.step >= self.warmup and len(self.norms) >= 10
+        if judged and g > self.jump * statistics.median(self.norms):
             self.dense_until = r.step + self.dense
         self.norms.append(g)
         if r.step % self.every == 0 or r.step == self.total - 1 or r.step <= self.dense_until:

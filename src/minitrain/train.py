@@ -104,13 +104,17 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     tables = {"wte": model.wte.weight}
     if not cfg.model.tie_weights:
         tables["head"] = model.head.weight
-    observers = [WholeSetLoss(model, sets, cfg.train.steps, cfg.train.eval_every),
+    dense = 100 if cfg.train.eval_dense else 0
+    observers = [WholeSetLoss(model, sets, cfg.train.steps, cfg.train.eval_every,
+                              o.warmup_steps, dense=dense),
                  MetricsLog(out, opt.params), BatchLog(out, tracked_sentences, tracked_pieces),
-                 TokenLossLog(out), MomentLog(out, opt, names, tables, tracked_pieces)]
+                 TokenLossLog(out), MomentLog(out, opt, names, tables, tracked_pieces),
+                 ] if cfg.train.instrument else []
     if progress:
         observers.append(Progress(cfg.train.steps, out.name))
 
     status, record, done = "completed", None, 0  # done: steps whose records are all written
+    t_loop = time.perf_counter()
     step_s, tokens = 0.0, 0  # time in the training step proper, and tokens it scored
     try:
         with StopOnCtrlC() as ctrl_c:
@@ -154,6 +158,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
             "final_val_loss": record.val_loss if record else None,
             "wall_s": round(wall_s, 3),
             "train_step_tokens_per_s": round(tokens / step_s) if step_s else None,
+            "loop_tokens_per_s": round(tokens / (time.perf_counter() - t_loop)),
         })
         rundir.write_json_atomic(out / rundir.SUMMARY, summary)
     return summary

@@ -1,0 +1,190 @@
+"""`just bench`: minitrain's speed against a plain-PyTorch reference, on the same model,
+batches and seed, in one process. Writes bench/results.md and bench/results.json.
+
+Measured (medians over `--repeats`):
+1. loop tokens/s: minitrain with full instrumentation (logs + whole-set loss every 25 steps and
+   densely after a norm jump), with the logs only (whole-set loss at the first and last step),
+   with none, and a reference loop of plain PyTorch (torch.optim.AdamW(foreach=True) +
+   clip_grad_norm_, no logging);
+2. the optimizer step alone: our AdamW (clip included) against torch's foreach AdamW + clip;
+3. model FLOPs utilisation against this machine's measured fp32 matmul rate, and peak memory.
+Benchmarks, not tests: the suite only checks that this runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from minitrain import config
+from minitrain.corpus import read_sentences
+from minitrain.data import IGNORE, Sampler, encode_corpus, make_batch
+from minitrain.model import GPT, token_losses
+from minitrain.optim import AdamW
+from minitrain.tokenizer import Tokenizer
+from minitrain.train import param_groups, train
+
+MODELS = {  # name: overrides on the phase-19 control config
+    "phase-19": [],
+    "larger": ["model.n_layer=4", "model.n_embd=128", "model.block_size=64"],
+}
+
+
+def _cfg(overrides, steps):
+    return config.load("experiments/19-control/config.yaml",
+                       [*overrides, f"train.steps={steps}", "data.sampler=random"])
+
+
+def reference_loop(cfg) -> float:
+    """Plain PyTorch on the same data, model and seed: tokens/s of the loop."""
+    torch.manual_seed(cfg.seed)
+    sentences = read_sentences(cfg.data.train)
+    tok = Tokenizer.train(sentences, cfg.data.vocab_size)
+    enc = encode_corpus(tok, sentences, cfg.model.block_size, cfg.data.train)
+    model = GPT(cfg.model, tok.vocab_size)
+    groups, _ = param_groups(model, cfg.optimizer.weight_decay)
+    o = cfg.optimizer
+    opt = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, foreach=True)
+    sampler = Sampler(len(enc), cfg.data.batch_size, "random", cfg.seed)
+    tokens, t0 = 0, time.perf_counter()
+    for _ in range(cfg.train.steps):
+        b = make_batch(enc, sampler.next_ids(), tok.pad_id)
+        tl = token_losses(model(b.x), b.y, IGNORE)
+        n = int((b.y != IGNORE).sum())
+        loss = tl.sum() / n
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip or float("inf"))
+        opt.step()
+        tokens += n
+    return tokens / (time.perf_counter() - t0)
+
+
+def minitrain_loop(cfg, instrument: bool, whole_set_eval: bool = True) -> float:
+    cfg.train.instrument = instrument
+    cfg.train.eval_dense = whole_set_eval
+    cfg.train.eval_every = 25 if whole_set_eval else cfg.train.steps
+    with tempfile.TemporaryDirectory() as d:
+        return train(cfg, Path(d) / "run", progress=False)["loop_tokens_per_s"]
+
+
+def optimizer_step(cfg, repeats: int, steps: int = 200) -> dict:
+    """Seconds per step of the two optimizers on the model's parameters, fixed gradients."""
+    torch.manual_seed(0)
+    out = {}
+    for name in ("minitrain", "torch"):
+        model = GPT(cfg.model, cfg.data.vocab_size)
+        groups, _ = param_groups(model, 0.1)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        if name == "minitrain":
+            opt = AdamW(groups, lr=1e-3, betas=(0.9, 0.95), grad_clip=1.0)
+
+            def step(opt=opt):
+                opt.step()
+        else:
+            opt = torch.optim.AdamW(groups, lr=1e-3, betas=(0.9, 0.95), foreach=True)
+            params = list(model.parameters())
+
+            def step(opt=opt, params=params):
+                torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+                opt.step()
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            times.append((time.perf_counter() - t0) / steps)
+        out[name] = statistics.median(times)
+    return out
+
+
+def matmul_flops(n: int = 1024, repeats: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(10):
+            a @ b
+        times.append((time.perf_counter() - t0) / 10)
+    return 2 * n**3 / statistics.median(times)
+
+
+def flops_per_token(cfg, n_params: int) -> float:
+    """6 N for the matmuls of forward + backward, plus attention scores (nanoGPT's estimate)."""
+    L, C, T = cfg.model.n_layer, cfg.model.n_embd, cfg.model.block_size
+    return 6 * n_params + 12 * L * C * T
+
+
+def run(repeats: int, steps: int, out_dir: Path) -> dict:
+    threads = torch.get_num_threads()
+    peak = matmul_flops()
+    rows = {}
+    for name, overrides in MODELS.items():
+        cfg = _cfg(overrides, steps)
+        torch.set_num_threads(threads)
+        cfg.train.threads = threads
+        full = statistics.median(minitrain_loop(cfg, True)
+                                 for _ in range(repeats))
+        logs = statistics.median(minitrain_loop(cfg, True, False) for _ in range(repeats))
+        off = statistics.median(minitrain_loop(cfg, False) for _ in range(repeats))
+        ref = statistics.median(reference_loop(cfg) for _ in range(repeats))
+        opt = optimizer_step(cfg, repeats)
+        n_params = sum(p.numel() for p in GPT(cfg.model, cfg.data.vocab_size).parameters())
+        rows[name] = {
+            "n_params": n_params, "batch_size": cfg.data.batch_size,
+            "tokens_per_s_full": round(full), "tokens_per_s_logs_only": round(logs),
+            "tokens_per_s_off": round(off), "tokens_per_s_reference": round(ref),
+            "full_over_reference": round(full / ref, 3),
+            "logs_only_over_reference": round(logs / ref, 3),
+            "instrumentation_cost_full": round(1 - full / off, 3),
+            "instrumentation_cost_logs_only": round(1 - logs / off, 3),
+            "adamw_step_ms": round(opt["minitrain"] * 1e3, 4),
+            "torch_adamw_step_ms": round(opt["torch"] * 1e3, 4),
+            "adamw_over_torch": round(opt["minitrain"] / opt["torch"], 3),
+            "mfu_off": round(off * flops_per_token(cfg, n_params) / peak, 4),
+        }
+    result = {"machine": platform.platform(), "processor": platform.processor() or "unknown",
+              "torch": torch.__version__, "threads": threads, "repeats": repeats,
+              "steps_per_run": steps, "matmul_gflops_fp32": round(peak / 1e9, 1),
+              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+              "models": rows}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / "results.md").write_text(markdown(result))
+    return result
+
+
+def markdown(r: dict) -> str:
+    head = (f"# Benchmark\n\n{r['machine']}, torch {r['torch']}, {r['threads']} threads, "
+            f"median of {r['repeats']} runs of {r['steps_per_run']} steps; fp32 matmul "
+            f"{r['matmul_gflops_fp32']} GFLOP/s; peak RSS {r['peak_rss_mb']} MB.\n\n")
+    keys = list(next(iter(r["models"].values())))
+    lines = ["| | " + " | ".join(r["models"]) + " |", "|---|" + "---:|" * len(r["models"])]
+    for k in keys:
+        lines.append(f"| {k} | " + " | ".join(str(m[k]) for m in r["models"].values()) + " |")
+    return head + "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m minitrain.bench")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--steps", type=int, default=150)
+    p.add_argument("--out", default="bench")
+    a = p.parse_args(argv)
+    result = run(a.repeats, a.steps, Path(a.out))
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
