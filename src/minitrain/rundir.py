@@ -88,20 +88,36 @@ def prepare(out: Path, replace: bool = False) -> Path:
 
 # ---- readers --------------------------------------------------------------------------------
 
+REQUIRED = {
+    METRICS: ("step", "loss", "lr", "grad_norm_pre_clip", "grad_norm_post_clip", "clip_factor",
+              "update_norm", "weight_norm", "train_loss", "val_loss", "tokens"),
+    BATCHES: ("step", "sentence_ids", "words", "pieces"),
+    MOMENTS: ("step", "tensors", "tracked", "top_grad_rows"),
+}
+
+
 def read_jsonl(path: Path) -> list[dict]:
-    """Every complete line; a final line cut off by a hard kill is skipped."""
+    """Every complete line; a final line cut off by a hard kill is skipped. Any other line
+    that is not a whole record is an error."""
+    try:
+        lines = path.read_bytes().decode("utf-8", errors="replace").split("\n")
+    except OSError as e:
+        raise RunDirError(f"{path}: cannot read: {e.strerror}") from None
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
     rows = []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
     for i, line in enumerate(lines):
         if not line.strip():
             continue
         try:
-            rows.append(json.loads(line))
+            row = json.loads(line)
+            ok = isinstance(row, dict) and all(k in row for k in REQUIRED.get(path.name, ()))
         except json.JSONDecodeError:
-            if i >= len(lines) - 2:  # the last, unterminated line
+            ok = False
+        if not ok:
+            if i == last:  # the last line, cut off by a hard kill
                 break
-            raise RunDirError(f"{path}: line {i + 1} is not JSON") from None
+            raise RunDirError(f"{path}: line {i + 1} is not a whole record")
+        rows.append(row)
     return rows
 
 
@@ -151,7 +167,21 @@ class Run:
     def tokenizer(self):
         from minitrain.tokenizer import Tokenizer
 
-        return Tokenizer.load(self.path / TOKENIZER)
+        try:
+            return Tokenizer.load(self.path / TOKENIZER)
+        except Exception as e:  # tokenizers raises its own exception types
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise RunDirError(f"{self.path}: unreadable {TOKENIZER}: {first}") from None
+
+
+def _missing_keys(shape: dict, raw: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in shape.items():
+        if k not in raw:
+            out.append(prefix + k)
+        elif isinstance(v, dict):
+            out += _missing_keys(v, raw[k], f"{prefix}{k}.")
+    return out
 
 
 def load_run(path: str | Path) -> Run:
@@ -161,13 +191,27 @@ def load_run(path: str | Path) -> Run:
     for name in (CONFIG, SUMMARY, METRICS, BATCHES, TOKENIZER):
         if not (path / name).is_file():
             raise RunDirError(f"{path}: missing {name}; not a minitrain run, or it never started")
+    from minitrain.config import Config, ConfigError, from_dict
+
     try:
         config = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))
+        from_dict(config if isinstance(config, dict) else {"": None}, str(path / CONFIG))
+        missing = _missing_keys(Config().to_dict(), config)
+        if missing:  # the resolved config is written whole: a missing key means damage
+            raise ConfigError(f"missing {', '.join(missing[:3])}")
+    except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise RunDirError(f"{path}: unreadable {CONFIG}: {first}") from None
+    try:
         summary = json.loads((path / SUMMARY).read_text(encoding="utf-8"))
-    except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise RunDirError(f"{path}: unreadable config or summary: {e}") from None
-    metrics = read_jsonl(path / METRICS)
-    if not metrics:
-        raise RunDirError(f"{path}: {METRICS} has no complete step yet")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        summary = None
+    if not isinstance(summary, dict):
+        raise RunDirError(f"{path}: unreadable {SUMMARY}")
+    metrics, batches = read_jsonl(path / METRICS), read_jsonl(path / BATCHES)
     moments = read_jsonl(path / MOMENTS) if (path / MOMENTS).is_file() else []
-    return Run(path, config, summary, metrics, read_jsonl(path / BATCHES), moments)
+    # a hard kill can leave one log a step ahead of another: keep the steps all of them hold
+    n = min(len(metrics), len(batches), len(moments) if moments else len(metrics))
+    if not n:
+        raise RunDirError(f"{path}: no complete step logged yet")
+    return Run(path, config, summary, metrics[:n], batches[:n], moments[:n])

@@ -1,0 +1,110 @@
+"""Property-based bad input: configs, overrides, corpora and run directories thrown at the
+loaders and the CLI end in a one-line error and exit status 2, or in a normal result; never a
+traceback. Case counts are in each @settings."""
+
+import shutil
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from minitrain import config
+from minitrain.cli import main
+from minitrain.config import ConfigError
+
+SECTIONS = ["seed", "data", "model", "optimizer", "train", "extra"]
+KEYS = ["train", "val", "vocab_size", "batch_size", "sampler", "tracked_words", "arrive_step",
+        "n_layer", "n_head", "n_embd", "block_size", "tie_weights", "lr", "betas", "eps",
+        "weight_decay", "grad_clip", "warmup_steps", "min_lr_ratio", "steps", "eval_every",
+        "threads", "device", "name", "bogus"]
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-5, 10**6),
+                    st.floats(allow_nan=True), st.text(max_size=12))
+values = st.recursive(scalars, lambda c: st.lists(c, max_size=3) | st.dictionaries(
+    st.sampled_from(KEYS), c, max_size=3), max_leaves=6)
+configs = st.dictionaries(st.sampled_from(SECTIONS),
+                          st.dictionaries(st.sampled_from(KEYS), values, max_size=4) | scalars,
+                          max_size=5)
+fast = settings(max_examples=300, deadline=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@fast
+@given(raw=configs)
+def test_any_config_loads_or_says_which_key(tmp_path, raw):
+    p = tmp_path / "c.yaml"
+    p.write_text(yaml.safe_dump(raw))
+    try:
+        config.load(p)
+    except ConfigError as e:
+        assert str(e).startswith(f"{p}: ") and "\n" not in str(e)
+
+
+@fast
+@given(item=st.text(max_size=40))
+def test_any_override_loads_or_says_why(tmp_path, item):
+    p = tmp_path / "c.yaml"
+    p.write_text("seed: 1\n")
+    try:
+        config.load(p, [item])
+    except ConfigError as e:
+        assert "\n" not in str(e)
+
+
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(lines=st.lists(st.text(max_size=60), max_size=6) | st.just(["word " * 60]),
+       raw=st.binary(max_size=40))
+def test_any_corpus_trains_or_fails_in_one_line(tmp_path, capsys, lines, raw):
+    corpus = tmp_path / "train.txt"
+    if raw and raw[0] % 2:
+        corpus.write_bytes(raw)
+    else:
+        corpus.write_text("\n".join(lines), encoding="utf-8")
+    out = tmp_path / "run"
+    shutil.rmtree(out, ignore_errors=True)
+    code = main(["train", "experiments/19-control/config.yaml", "--out", str(out), "--quiet",
+                 "--set", f"data.train={corpus}", "--set", f"data.val={corpus}",
+                 "--set", "train.steps=2", "--set", "model.n_layer=1",
+                 "--set", "model.n_embd=16", "--set", "model.n_head=2",
+                 "--set", "data.sampler=random"])
+    err = capsys.readouterr().err
+    assert code in (0, 2)
+    if code == 2:
+        assert err.startswith("minitrain: error:") and err.count("\n") == 1
+
+
+@pytest.fixture(scope="module")
+def good_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("good") / "run"
+    cfg = config.load("experiments/19-control/config.yaml", [
+        "train.steps=30", "model.n_layer=1", "model.n_embd=16", "model.n_head=2",
+        "data.sampler=random", "optimizer.warmup_steps=5"])
+    from minitrain.train import train
+    train(cfg, out, progress=False)
+    return out
+
+
+FILES = ["config.resolved.yaml", "summary.json", "metrics.jsonl", "batches.jsonl",
+         "moments.jsonl", "tokenizer.json", "token_losses.bin"]
+
+
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(name=st.sampled_from(FILES), cut=st.floats(0, 1), junk=st.binary(max_size=30),
+       command=st.sampled_from(["compare", "diagnose"]))
+def test_damaged_run_dirs_read_or_fail_in_one_line(tmp_path, capsys, good_run, name, cut,
+                                                     junk, command):
+    bad = tmp_path / "bad"
+    shutil.rmtree(bad, ignore_errors=True)
+    shutil.copytree(good_run, bad)
+    data = (bad / name).read_bytes()
+    (bad / name).write_bytes(data[: int(len(data) * cut)] + junk)
+    args = [command, str(good_run), str(bad)] if command == "compare" else [command, str(bad)]
+    if command == "compare":
+        args += ["--out", str(tmp_path)]
+    code = main(args)
+    err = capsys.readouterr().err
+    assert code in (0, 2)
+    if code == 2:
+        assert err.startswith("minitrain: error:") and err.count("\n") == 1
