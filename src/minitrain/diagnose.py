@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from minitrain.compare import _whole_back, sentence_texts, v_recovery
-from minitrain.rundir import Run, load_run
+from minitrain.rundir import Run, clean, load_run
 
 
 @dataclass
@@ -168,20 +168,8 @@ def diagnose(path: str | Path, th: Thresholds | None = None) -> dict:
             "spikes": [by_step[s] for s in sorted(by_step)]}
 
 
-def _clean(x):
-    if isinstance(x, float):
-        return x if np.isfinite(x) else None
-    if isinstance(x, (np.floating, np.integer)):
-        return _clean(x.item())
-    if isinstance(x, dict):
-        return {k: _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    return x
-
-
 def to_json(result: dict) -> str:
-    return json.dumps(_clean(result), indent=2, ensure_ascii=False)
+    return json.dumps(clean(result), indent=2, ensure_ascii=False)
 
 
 def print_report(result: dict) -> None:

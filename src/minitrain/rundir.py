@@ -29,7 +29,10 @@ class RunDirError(ValueError):
 
 
 def clean(x):
-    """JSON-safe floats: NaN and inf become null (strict JSON has neither)."""
+    """JSON-safe values: NaN and inf become null (strict JSON has neither), NumPy scalars
+    become Python numbers."""
+    if isinstance(x, np.generic):
+        x = x.item()
     if isinstance(x, float):
         return x if math.isfinite(x) else None
     if isinstance(x, dict):
