@@ -101,7 +101,6 @@ class TrainConfig:
     steps: int = 600
     eval_every: int = 1  # whole-train-set and val loss every N steps
     eval_dense: bool = True  # and every step for 100 steps after a gradient-norm jump
-    device: str = "cpu"
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     instrument: bool = True  # false: write only config, tokenizer and summary (benchmarks)
 
@@ -110,8 +109,6 @@ class TrainConfig:
             raise where("train.steps", "must be at least 1")
         if self.eval_every < 1:
             raise where("train.eval_every", "must be at least 1")
-        if self.device not in ("cpu", "cuda", "auto"):
-            raise where("train.device", "must be cpu, cuda or auto")
         if self.threads < 0:
             raise where("train.threads", "must be >= 0")
 

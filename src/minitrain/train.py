@@ -75,8 +75,8 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     enc = encode_corpus(tok, sentences, cfg.model.block_size, cfg.data.train)
     enc_val = encode_corpus(tok, val_sentences, cfg.model.block_size, cfg.data.val)
     tracked_sentences = {w: set(sentences_with(sentences, w)) for w in cfg.data.tracked_words}
-    tracked_pieces = {tok.piece(p): p for w in cfg.data.tracked_words
-                      for p in exclusive_pieces(tok, sentences, w)}
+    pieces_of = {w: exclusive_pieces(tok, sentences, w) for w in cfg.data.tracked_words}
+    tracked_pieces = {tok.piece(p): p for ps in pieces_of.values() for p in ps}
     rare_ids = set().union(*tracked_sentences.values()) if tracked_sentences else set()
 
     model = GPT(cfg.model, tok.vocab_size)
@@ -95,8 +95,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     summary = {
         "status": "running", "steps_completed": 0, "steps_planned": cfg.train.steps,
         "n_params": sum(p.numel() for p in model.parameters()), "vocab_size": tok.vocab_size,
-        "tracked_pieces": {w: [tok.piece(p) for p in exclusive_pieces(tok, sentences, w)]
-                           for w in cfg.data.tracked_words},
+        "tracked_pieces": {w: [tok.piece(p) for p in ps] for w, ps in pieces_of.items()},
         "tracked_sentences": {w: sorted(s) for w, s in tracked_sentences.items()},
     }
     rundir.write_json_atomic(out / rundir.SUMMARY, summary)
