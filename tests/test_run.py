@@ -15,7 +15,7 @@ from minitrain.corpus import read_sentences
 from minitrain.rundir import RunDirError, load_run
 from minitrain.train import train
 
-TINY = ["data.vocab_size=400", "data.batch_size=8", "data.sampler=random", "train.threads=0",
+TINY = ["data.vocab_size=400", "data.batch_size=8", "data.sampler=random", "train.threads=1",
         "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
         "train.steps=40", "train.eval_every=1", "optimizer.warmup_steps=5"]
 
@@ -182,3 +182,59 @@ def test_diagnose_reads_a_diverged_run_and_bad_dirs_fail_cleanly(tmp_path):
     assert r.returncode == 2 and r.stderr.startswith("minitrain: error:")
     r = _cli("diagnose", str(run.path), "--json")
     assert r.returncode == 0 and json.loads(r.stdout)["status"] == "diverged"
+
+
+def _start(out, extra=()):
+    args = [sys.executable, "-m", "minitrain", "train", "experiments/19-control/config.yaml",
+            "--out", str(out), "--quiet", *(x for kv in [*TINY, *extra] for x in ("--set", kv))]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_steps(out, n):
+    import time
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        m = out / "metrics.jsonl"
+        if m.exists() and m.read_text().count("\n") >= n:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the run did not get going")
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "kill"])
+def test_resume_gives_the_uninterrupted_run(pair, tmp_path, how):
+    import signal
+
+    (_, a), _ = pair  # 40 steps, uninterrupted
+    out = tmp_path / how
+    proc = _start(out, ["train.checkpoint_every=7"])
+    _wait_for_steps(out, 16)
+    proc.send_signal(signal.SIGINT if how == "ctrl-c" else signal.SIGKILL)
+    proc.communicate(timeout=60)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == ("interrupted" if how == "ctrl-c" else "running")
+    r = _cli("train", "--resume", str(out), "--quiet")
+    assert r.returncode == 0, r.stderr
+    resumed = load_run(out)
+    assert resumed.summary["status"] == "completed" and resumed.summary["resumed_at_step"] >= 7
+    for name in ("metrics.jsonl", "batches.jsonl", "moments.jsonl", "token_losses.bin"):
+        assert (out / name).read_bytes() == (a.path / name).read_bytes(), name
+
+
+def test_bad_checkpoints_are_one_line_errors(pair, tmp_path):
+    import shutil
+
+    (_, a), _ = pair
+    bad = tmp_path / "bad"
+    shutil.copytree(a.path, bad)
+    r = _cli("train", "--resume", str(bad))
+    assert r.returncode == 2 and "no checkpoint" in r.stderr
+    for content in (b"not a checkpoint", b"PK\x03\x04 broken zip"):
+        (bad / "checkpoint.pt").write_bytes(content)
+        r = _cli("train", "--resume", str(bad))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+        assert "not a minitrain checkpoint" in r.stderr
+    import torch
+    torch.save({"format": 1, "step": 3, "model": {"evil": torch.zeros(1)}}, bad / "checkpoint.pt")
+    r = _cli("train", "--resume", str(bad))
+    assert r.returncode == 2 and "does not fit" in r.stderr

@@ -7,18 +7,21 @@ import argparse
 import sys
 from pathlib import Path
 
+from minitrain import rundir
+from minitrain.checkpoint import CheckpointError
 from minitrain.config import ConfigError
 from minitrain.corpus import CorpusError
 from minitrain.rundir import RunDirError
 
-USER_ERRORS = (ConfigError, CorpusError, RunDirError)
+USER_ERRORS = (ConfigError, CorpusError, RunDirError, CheckpointError)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="minitrain", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train one run from a config")
-    t.add_argument("config", help="YAML config file")
+    t.add_argument("config", nargs="?", help="YAML config file (not with --resume)")
+    t.add_argument("--resume", metavar="RUN", help="go on from RUN's last checkpoint")
     t.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set optimizer.grad_clip=inf")
     t.add_argument("--out", help="run directory (default: the config file's folder)")
@@ -49,9 +52,19 @@ def main(argv: list[str] | None = None) -> int:
             from minitrain import config
             from minitrain.train import train
 
-            cfg = config.load(args.config, args.overrides)
-            out = Path(args.out) if args.out else Path(args.config).parent
-            summary = train(cfg, out, progress=not args.quiet, replace=args.force)
+            if args.resume:
+                if args.config or args.overrides or args.out:
+                    raise ConfigError("--resume takes the run's own config: no CONFIG, "
+                                      "--set or --out")
+                out = Path(args.resume)
+                cfg = config.load(out / rundir.CONFIG)
+            elif not args.config:
+                raise ConfigError("train: give a CONFIG file or --resume RUN")
+            else:
+                cfg = config.load(args.config, args.overrides)
+                out = Path(args.out) if args.out else Path(args.config).parent
+            summary = train(cfg, out, progress=not args.quiet, replace=args.force,
+                            resume=bool(args.resume))
             print(f"{out}: {summary['status']} after {summary['steps_completed']} steps, "
                   f"whole-set loss {summary['final_train_loss']}, {summary['wall_s']} s")
             # a diverged run is a result of the experiment, not a failure of the command

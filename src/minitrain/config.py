@@ -103,12 +103,15 @@ class TrainConfig:
     eval_dense: bool = True  # and every step for 100 steps after a gradient-norm jump
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     instrument: bool = True  # false: write only config, tokenizer and summary (benchmarks)
+    checkpoint_every: int = 200  # steps between checkpoints (0: only when interrupted)
 
     def check(self, where):
         if self.steps < 1:
             raise where("train.steps", "must be at least 1")
         if self.eval_every < 1:
             raise where("train.eval_every", "must be at least 1")
+        if self.checkpoint_every < 0:
+            raise where("train.checkpoint_every", "must be >= 0")
         if self.threads < 0:
             raise where("train.threads", "must be >= 0")
 

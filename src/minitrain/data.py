@@ -69,6 +69,13 @@ class Sampler:
         self.step = 0
         self._epoch: list[int] = []
 
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state(), "step": self.step, "epoch": list(self._epoch)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+        self.step, self._epoch = state["step"], list(state["epoch"])
+
     def _common(self, k: int) -> list[int]:
         return [self.common[j] for j in torch.randint(len(self.common), (k,), generator=self.gen)]
 

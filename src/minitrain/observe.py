@@ -62,6 +62,13 @@ class WholeSetLoss(Observer):
         self.norms: deque[float] = deque(maxlen=window)
         self.dense_until = -1
 
+    def state_dict(self) -> dict:
+        return {"norms": list(self.norms), "dense_until": self.dense_until}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.norms.extend(state["norms"])
+        self.dense_until = state["dense_until"]
+
     def on_step(self, r):
         g = r.stats.grad_norm_pre_clip
         judged = r.step >= self.warmup and len(self.norms) >= 10
@@ -188,7 +195,7 @@ class MomentLog(Observer):
 class Progress(Observer):
     """The live console line: step, loss, grad norm, clip factor, tokens/s."""
 
-    def __init__(self, total_steps: int, title: str):
+    def __init__(self, total_steps: int, title: str, start: int = 0):
         from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, TextColumn
         from rich.progress import Progress as RichProgress
@@ -197,7 +204,7 @@ class Progress(Observer):
         self.bar = RichProgress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[line]}"), console=self.console,
                                 transient=False, refresh_per_second=8)
-        self.task = self.bar.add_task("train", total=total_steps, line="")
+        self.task = self.bar.add_task("train", total=total_steps, completed=start, line="")
         self.bar.start()
         self.t0, self.tokens = time.perf_counter(), 0
 

@@ -61,6 +61,15 @@ class AdamW:
         self.m = [torch.zeros_like(p) for p in self.params]  # first moment
         self.v = [torch.zeros_like(p) for p in self.params]  # second moment
 
+    def state_dict(self) -> dict:
+        return {"t": self.t, "m": self.m, "v": self.v}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.t = state["t"]
+        for mine, saved in ((self.m, state["m"]), (self.v, state["v"])):
+            for a, b in zip(mine, saved, strict=True):
+                a.copy_(b)
+
     def zero_grad(self):
         for p in self.params:
             p.grad = None

@@ -73,7 +73,8 @@ def write_json_atomic(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-RUN_FILES = (CONFIG, TOKENIZER, SUMMARY, METRICS, BATCHES, MOMENTS, TOKEN_LOSSES)
+CHECKPOINT = "checkpoint.pt"
+RUN_FILES = (CONFIG, TOKENIZER, SUMMARY, METRICS, BATCHES, MOMENTS, TOKEN_LOSSES, CHECKPOINT)
 
 
 def prepare(out: Path, replace: bool = False) -> Path:

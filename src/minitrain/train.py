@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
+from minitrain import checkpoint, rundir
 from minitrain import config as config_mod
-from minitrain import rundir
 from minitrain.config import Config
 from minitrain.corpus import read_sentences, sentences_with
 from minitrain.data import IGNORE, Sampler, encode_corpus, make_batch
@@ -61,8 +61,10 @@ class StopOnCtrlC:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = False) -> dict:
-    """Train per `cfg`, writing the run directory `out`. Returns the final summary."""
+def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = False,
+          resume: bool = False) -> dict:
+    """Train per `cfg`, writing the run directory `out`; with `resume`, go on from the
+    checkpoint in `out` instead. Returns the final summary."""
     t_start = time.perf_counter()
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -89,35 +91,47 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     full_val = make_batch(enc_val, list(range(len(enc_val))), tok.pad_id)
 
     # the run directory: resolved config and tokenizer first, before step 0
-    out = rundir.prepare(out, replace)
-    (out / rundir.CONFIG).write_text(config_mod.dump(cfg), encoding="utf-8")
-    tok.save(out / rundir.TOKENIZER)
+    out = Path(out)
+    if not resume:
+        out = rundir.prepare(out, replace)
+        (out / rundir.CONFIG).write_text(config_mod.dump(cfg), encoding="utf-8")
+        tok.save(out / rundir.TOKENIZER)
+    elif Tokenizer.load(out / rundir.TOKENIZER).hf.to_str() != tok.hf.to_str():
+        raise checkpoint.CheckpointError(f"{out}: its tokenizer.json is not this corpus's BPE")
     summary = {
         "status": "running", "steps_completed": 0, "steps_planned": cfg.train.steps,
         "n_params": sum(p.numel() for p in model.parameters()), "vocab_size": tok.vocab_size,
         "tracked_pieces": {w: [tok.piece(p) for p in ps] for w, ps in pieces_of.items()},
         "tracked_sentences": {w: sorted(s) for w, s in tracked_sentences.items()},
+        "resumed_at_step": None,
     }
-    rundir.write_json_atomic(out / rundir.SUMMARY, summary)
     sets = {"train_loss": full, "val_loss": full_val}
     tables = {"wte": model.wte.weight}
     if not cfg.model.tie_weights:
         tables["head"] = model.head.weight
     dense = 100 if cfg.train.eval_dense else 0
-    observers = [WholeSetLoss(model, sets, cfg.train.steps, cfg.train.eval_every,
-                              o.warmup_steps, dense=dense),
+    evaluator = WholeSetLoss(model, sets, cfg.train.steps, cfg.train.eval_every,
+                             o.warmup_steps, dense=dense)
+    parts = {"model": model, "optimizer": opt, "sampler": sampler, "evaluator": evaluator}
+    start = 0
+    if resume:
+        start = checkpoint.load(out, parts)
+        checkpoint.trim_logs(out, start)
+        summary["resumed_at_step"] = start
+    rundir.write_json_atomic(out / rundir.SUMMARY, summary)
+    observers = [evaluator,
                  MetricsLog(out, opt.params), BatchLog(out, tracked_sentences, tracked_pieces),
                  TokenLossLog(out), MomentLog(out, opt, names, tables, tracked_pieces),
                  ] if cfg.train.instrument else []
     if progress:
-        observers.append(Progress(cfg.train.steps, out.name))
+        observers.append(Progress(cfg.train.steps, out.name, start))
 
-    status, record, done = "completed", None, 0  # done: steps whose records are all written
+    status, record, done = "completed", None, start  # done: steps whose records are written
     t_loop = time.perf_counter()
     step_s, tokens = 0.0, 0  # time in the training step proper, and tokens it scored
     try:
         with StopOnCtrlC() as ctrl_c:
-            for step in range(cfg.train.steps):
+            for step in range(start, cfg.train.steps):
                 t0 = time.perf_counter()
                 # ---- the training step ----
                 opt.lr = lr_at(step, o.lr, o.warmup_steps, cfg.train.steps, o.min_lr_ratio)
@@ -136,6 +150,8 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
                 for obs in observers:
                     obs.on_step(record)
                 done = step + 1
+                if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0:
+                    checkpoint.save(out, done, parts)
                 if not (math.isfinite(record.loss) and math.isfinite(stats.grad_norm_pre_clip)):
                     status = "diverged"
                     break
@@ -147,6 +163,8 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     finally:
         for obs in observers:
             obs.close()
+        if status == "interrupted" and done > start:
+            checkpoint.save(out, done, parts)
         wall_s = time.perf_counter() - t_start
         summary.update({
             "status": status,

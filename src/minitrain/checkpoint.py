@@ -1,0 +1,71 @@
+"""Checkpoints: everything a run needs to go on exactly where it stopped (model, Adam's
+moments, the sampler's position and generator, the whole-set evaluator's memory), as tensors
+and plain data only, so loading one never runs code (torch.load(weights_only=True)).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minitrain import rundir
+
+FILE = rundir.CHECKPOINT
+FORMAT = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message names the file."""
+
+
+def save(out: Path, step: int, parts: dict) -> None:
+    """Write the state after `step` steps (temp file + rename: never half-written)."""
+    state = {"format": FORMAT, "step": step,
+             **{name: p.state_dict() for name, p in parts.items()}}
+    tmp = out / (FILE + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, out / FILE)
+
+
+def load(out: Path, parts: dict) -> int:
+    """Restore `parts` from the run's checkpoint; returns the number of steps it holds."""
+    path = out / FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no checkpoint to resume from")
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as e:  # pickle, zip and torch errors alike: a file we will not use
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"{path}: not a minitrain checkpoint ({first[:120]})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path}: not a minitrain checkpoint (format {FORMAT})")
+    try:
+        for name, part in parts.items():
+            part.load_state_dict(state[name])
+    except (KeyError, RuntimeError, ValueError, TypeError) as e:
+        raise CheckpointError(f"{path}: does not fit this run ({str(e)[:120]})") from None
+    return int(state["step"])
+
+
+def trim_logs(out: Path, steps: int) -> None:
+    """Drop log records of steps at or after `steps` (written after the checkpoint by a run
+    that was then killed): the resumed run writes them again, identically."""
+    for name in (rundir.METRICS, rundir.BATCHES, rundir.MOMENTS):
+        path = out / name
+        if not path.exists():
+            continue
+        keep = rundir.read_jsonl(path)[:steps]
+        if len(keep) < steps:
+            raise CheckpointError(f"{path}: holds {len(keep)} steps, the checkpoint {steps}")
+        text = "".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:steps])
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    path = out / rundir.TOKEN_LOSSES
+    records = rundir.read_token_losses(path)
+    n = int(np.searchsorted(records["step"], steps))  # records are in step order
+    with open(path, "r+b") as f:
+        f.truncate(n * rundir.TOKEN_LOSS_DTYPE.itemsize)
