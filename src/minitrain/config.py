@@ -150,7 +150,8 @@ def load(path: str | Path, overrides: list[str] = ()) -> Config:
 
 def from_dict(raw: dict, source: str = "<config>") -> Config:
     def where(key, what):
-        return ConfigError(f"{source}: {key}: {what}")
+        key = str(key)  # a key from the command line may hold anything, newlines included
+        return ConfigError(f"{source}: {key if key.isprintable() else repr(key)}: {what}")
 
     cfg = _build(Config, raw, "", where)
     for section in (cfg.data, cfg.model, cfg.optimizer, cfg.train):
@@ -171,7 +172,7 @@ def _apply_override(raw: dict, item: str, path: Path) -> None:
     for part in parts[:-1]:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"{path}: override {key}: {part} is not a section")
+            raise ConfigError(f"{path}: override {key!r}: {part!r} is not a section")
     node[parts[-1]] = value
 
 
