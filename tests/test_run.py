@@ -238,3 +238,23 @@ def test_bad_checkpoints_are_one_line_errors(pair, tmp_path):
     torch.save({"format": 1, "step": 3, "model": {"evil": torch.zeros(1)}}, bad / "checkpoint.pt")
     r = _cli("train", "--resume", str(bad))
     assert r.returncode == 2 and "does not fit" in r.stderr
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(pair, tmp_path):
+    """torchrun, 2 CPU processes, gloo: each trains on half the batch; the gradients summed
+    across them (and so the clip's global norm and every update) match one process."""
+    (_, one), _ = pair
+    args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+            "--master_port=29531", "-m", "minitrain", "train",
+            "experiments/19-control/config.yaml", "--out", str(tmp_path / "ddp"), "--quiet",
+            *(x for kv in TINY for x in ("--set", kv))]
+    r = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    two = load_run(tmp_path / "ddp")
+    assert two.summary["world_size"] == 2 and one.summary["world_size"] == 1
+    assert [b["sentence_ids"] for b in two.batches] == [b["sentence_ids"] for b in one.batches]
+    for key in ("loss", "grad_norm_pre_clip", "grad_norm_post_clip", "update_norm",
+                "weight_norm", "train_loss", "val_loss"):
+        np.testing.assert_allclose(two.column(key), one.column(key), rtol=1e-5, err_msg=key)
+    np.testing.assert_allclose(two.token_losses()["loss"], one.token_losses()["loss"],
+                               rtol=1e-4, atol=1e-5)

@@ -4,6 +4,7 @@ and exit status 2, never a traceback."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -65,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
                 out = Path(args.out) if args.out else Path(args.config).parent
             summary = train(cfg, out, progress=not args.quiet, replace=args.force,
                             resume=bool(args.resume))
-            print(f"{out}: {summary['status']} after {summary['steps_completed']} steps, "
-                  f"whole-set loss {summary['final_train_loss']}, {summary['wall_s']} s")
+            if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
+                print(f"{out}: {summary['status']} after {summary['steps_completed']} steps, "
+                      f"whole-set loss {summary['final_train_loss']}, {summary['wall_s']} s")
             # a diverged run is a result of the experiment, not a failure of the command
             return 130 if summary["status"] == "interrupted" else 0
         if args.command == "compare":

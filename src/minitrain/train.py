@@ -12,9 +12,10 @@ import torch
 
 from minitrain import checkpoint, rundir
 from minitrain import config as config_mod
+from minitrain import dist as ddp
 from minitrain.config import Config
 from minitrain.corpus import read_sentences, sentences_with
-from minitrain.data import IGNORE, Sampler, encode_corpus, make_batch
+from minitrain.data import IGNORE, Batch, Sampler, encode_corpus, make_batch
 from minitrain.model import GPT, token_losses
 from minitrain.observe import (
     BatchLog,
@@ -90,20 +91,22 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     full = make_batch(enc, list(range(len(enc))), tok.pad_id)
     full_val = make_batch(enc_val, list(range(len(enc_val))), tok.pad_id)
 
-    # the run directory: resolved config and tokenizer first, before step 0
+    # the run directory: resolved config and tokenizer first, before step 0; rank 0 writes it
+    dist = ddp.setup()
+    writer = dist.rank == 0
     out = Path(out)
-    if not resume:
+    if writer and not resume:
         out = rundir.prepare(out, replace)
         (out / rundir.CONFIG).write_text(config_mod.dump(cfg), encoding="utf-8")
         tok.save(out / rundir.TOKENIZER)
-    elif Tokenizer.load(out / rundir.TOKENIZER).hf.to_str() != tok.hf.to_str():
+    elif resume and Tokenizer.load(out / rundir.TOKENIZER).hf.to_str() != tok.hf.to_str():
         raise checkpoint.CheckpointError(f"{out}: its tokenizer.json is not this corpus's BPE")
     summary = {
         "status": "running", "steps_completed": 0, "steps_planned": cfg.train.steps,
         "n_params": sum(p.numel() for p in model.parameters()), "vocab_size": tok.vocab_size,
         "tracked_pieces": {w: [tok.piece(p) for p in ps] for w, ps in pieces_of.items()},
         "tracked_sentences": {w: sorted(s) for w, s in tracked_sentences.items()},
-        "resumed_at_step": None,
+        "resumed_at_step": None, "world_size": dist.world,
     }
     sets = {"train_loss": full, "val_loss": full_val}
     tables = {"wte": model.wte.weight}
@@ -116,14 +119,16 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     start = 0
     if resume:
         start = checkpoint.load(out, parts)
-        checkpoint.trim_logs(out, start)
+        if writer:
+            checkpoint.trim_logs(out, start)
         summary["resumed_at_step"] = start
-    rundir.write_json_atomic(out / rundir.SUMMARY, summary)
+    if writer:
+        rundir.write_json_atomic(out / rundir.SUMMARY, summary)
     observers = [evaluator,
                  MetricsLog(out, opt.params), BatchLog(out, tracked_sentences, tracked_pieces),
                  TokenLossLog(out), MomentLog(out, opt, names, tables, tracked_pieces),
-                 ] if cfg.train.instrument else []
-    if progress:
+                 ] if cfg.train.instrument and writer else []
+    if progress and writer:
         observers.append(Progress(cfg.train.steps, out.name, start))
 
     status, record, done = "completed", None, start  # done: steps whose records are written
@@ -135,22 +140,28 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
                 t0 = time.perf_counter()
                 # ---- the training step ----
                 opt.lr = lr_at(step, o.lr, o.warmup_steps, cfg.train.steps, o.min_lr_ratio)
-                batch = make_batch(enc, sampler.next_ids(), tok.pad_id)
+                ids = sampler.next_ids()  # the global batch; this process trains on its share
+                batch = make_batch(enc, dist.shard(ids), tok.pad_id)
                 tl = token_losses(model(batch.x), batch.y, IGNORE)  # (B, T)
-                n_tokens = int((batch.y != IGNORE).sum())
+                n_tokens = int(dist.total(int((batch.y != IGNORE).sum())))  # global batch
                 loss = tl.sum() / n_tokens
                 opt.zero_grad()
                 loss.backward()
+                dist.reduce_grads(opt.params)  # summed over processes: the global gradient
                 stats = opt.step()  # clip, moments, update
                 step_ms = (time.perf_counter() - t0) * 1e3
                 # ---- end of the step; what follows only observes ----
                 step_s, tokens = step_s + step_ms / 1e3, tokens + n_tokens
-                record = StepRecord(step, opt.lr, loss.item(), stats, batch, tl, n_tokens,
-                                    step_ms)
+                rows = dist.gather_rows({"x": batch.x, "y": batch.y, "tl": tl},
+                                        {"x": tok.pad_id, "y": IGNORE, "tl": 0.0})
+                record = StepRecord(step, opt.lr, dist.total(loss.item()), stats,
+                                    Batch(ids, rows["x"], rows["y"]) if writer else batch,
+                                    rows["tl"] if writer else tl, n_tokens, step_ms)
                 for obs in observers:
                     obs.on_step(record)
                 done = step + 1
-                if cfg.train.checkpoint_every and done % cfg.train.checkpoint_every == 0:
+                if writer and cfg.train.checkpoint_every and \
+                        done % cfg.train.checkpoint_every == 0:
                     checkpoint.save(out, done, parts)
                 if not (math.isfinite(record.loss) and math.isfinite(stats.grad_norm_pre_clip)):
                     status = "diverged"
@@ -163,7 +174,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     finally:
         for obs in observers:
             obs.close()
-        if status == "interrupted" and done > start:
+        if writer and status == "interrupted" and done > start:
             checkpoint.save(out, done, parts)
         wall_s = time.perf_counter() - t_start
         summary.update({
@@ -177,5 +188,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
             "train_step_tokens_per_s": round(tokens / step_s) if step_s else None,
             "loop_tokens_per_s": round(tokens / (time.perf_counter() - t_loop)),
         })
-        rundir.write_json_atomic(out / rundir.SUMMARY, summary)
+        if writer:
+            rundir.write_json_atomic(out / rundir.SUMMARY, summary)
+        dist.close()
     return summary
