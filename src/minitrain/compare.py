@@ -100,6 +100,26 @@ def densest_batch(run: Run) -> dict:
             "  its norm ratio": norm_ratios(run)[i] if i < len(run.metrics) else np.nan}
 
 
+def v_around(run: Run, piece: str, table: str, step: int) -> tuple[float, float]:
+    """(v before: median of the 20 steps before `step`, v at `step`) for a tracked row."""
+    trace = run.v_trace(piece, table)
+    before = np.nanmedian(trace[max(0, step - 20):step]) if step else np.nan
+    return before, trace[step]
+
+
+def whole_set_around(run: Run, step: int) -> dict:
+    """Whole-set loss before `step`, worst within 150 steps from it, the rise, and when back."""
+    whole = run.column("train_loss")
+    before = whole[:step][np.isfinite(whole[:step])]
+    after = whole[step:step + 150]
+    out = {"whole_before": before[-1] if len(before) else np.nan,
+           "whole_worst_after": np.nanmax(after) if np.isfinite(after).any() else np.nan}
+    out["whole_rise"] = out["whole_worst_after"] - out["whole_before"]
+    out["whole back within 10% of rise, steps"] = _whole_back(whole, step, out["whole_before"],
+                                                              out["whole_rise"])
+    return out
+
+
 def summarise(run: Run, step: int) -> dict:
     g, post = run.column("grad_norm_pre_clip"), run.column("grad_norm_post_clip")
     loss, whole = run.column("loss"), run.column("train_loss")
@@ -108,29 +128,26 @@ def summarise(run: Run, step: int) -> dict:
     if step >= n:
         return s
     base = np.nanmedian(g[max(0, step - WINDOW):step]) if step else np.nan
-    before = whole[:step][np.isfinite(whole[:step])]
-    after = whole[step:min(n, step + 150)]
+    around = whole_set_around(run, step)
     s.update({
         "grad_norm_pre_clip": g[step], "baseline_median": base, "ratio": g[step] / base,
         "grad_norm_post_clip": post[step], "clip_factor": run.metrics[step]["clip_factor"],
         "loss_before": np.nanmean(loss[max(0, step - 10):step]), "loss_at": loss[step],
         "loss_next_20_max": np.nanmax(loss[step + 1:step + 21]) if step + 1 < n else np.nan,
-        "whole_before": before[-1] if len(before) else np.nan,
-        "whole_worst_after": np.nanmax(after) if np.isfinite(after).any() else np.nan,
+        "whole_before": around["whole_before"],
+        "whole_worst_after": around["whole_worst_after"],
         "whole_final": whole[np.isfinite(whole)][-1] if np.isfinite(whole).any() else np.nan,
         "post_clip_max": np.nanmax(post),
         "clipped_steps_before": float(np.mean(post[:step] < g[:step] * (1 - 1e-9)))
         if step else np.nan,
     })
-    s["whole_rise"] = s["whole_worst_after"] - s["whole_before"]
-    s["whole back within 10% of rise, steps"] = _whole_back(whole, step, s["whole_before"],
-                                                            s["whole_rise"])
+    s["whole_rise"] = around["whole_rise"]
+    s["whole back within 10% of rise, steps"] = around["whole back within 10% of rise, steps"]
     s.update(densest_batch(run))
     for piece, table in run.tracked_rows():
-        trace = run.v_trace(piece, table)
-        before = np.nanmedian(trace[max(0, step - 20):step]) if step else np.nan
+        before, at = v_around(run, piece, table, step)
         # a row with no gradient before (an input piece never seen) jumps from exactly 0
-        s[f"v jump x [{piece} {table}]"] = "from 0" if before == 0 else trace[step] / before
+        s[f"v jump x [{piece} {table}]"] = "from 0" if before == 0 else at / before
         s[f"v back within 2x, steps [{piece} {table}]"] = v_recovery(run, piece, step, table)
     return s
 

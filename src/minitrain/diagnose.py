@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.compare import _whole_back, sentence_texts, v_recovery
+from minitrain.compare import sentence_texts, v_around, v_recovery, whole_set_around
 from minitrain.rundir import Run, clean, load_run
 
 
@@ -116,21 +116,16 @@ def norm_carriers(run: Run, step: int, k: int = 3) -> dict:
 def moments_at(run: Run, step: int) -> list[dict]:
     out = []
     for piece, table in run.tracked_rows():
-        trace = run.v_trace(piece, table)
-        before = np.nanmedian(trace[max(0, step - 20):step]) if step else np.nan
-        out.append({"piece": piece, "table": table, "v_before": before, "v_at": trace[step],
-                    "v_jump": None if not before else trace[step] / before,
+        before, at = v_around(run, piece, table, step)
+        out.append({"piece": piece, "table": table, "v_before": before, "v_at": at,
+                    "v_jump": None if not before else at / before,
                     "v_back_within_2x_steps": v_recovery(run, piece, step, table)})
     return out
 
 
 def describe(run: Run, event: dict, kind: str) -> dict:
     step, m = event["step"], run.metrics[event["step"]]
-    whole = run.column("train_loss")
-    before = whole[:step][np.isfinite(whole[:step])]
-    w_before = float(before[-1]) if len(before) else np.nan
-    after = whole[step:step + 150]
-    worst = float(np.nanmax(after)) if np.isfinite(after).any() else np.nan
+    around = whole_set_around(run, step)
     batch = run.batches[step] if step < len(run.batches) else {}
     return {
         "kind": kind, "step": step, "ratio": event["ratio"], "z": event["z"],
@@ -142,9 +137,9 @@ def describe(run: Run, event: dict, kind: str) -> dict:
         "loss_carriers": loss_carriers(run, step),
         "norm_carriers": norm_carriers(run, step),
         "moments": moments_at(run, step),
-        "whole_loss": {"before": w_before, "worst_after": worst,
-                       "back_within_10pct_steps": _whole_back(whole, step, w_before,
-                                                              worst - w_before)},
+        "whole_loss": {"before": around["whole_before"],
+                       "worst_after": around["whole_worst_after"],
+                       "back_within_10pct_steps": around["whole back within 10% of rise, steps"]},
     }
 
 
