@@ -44,7 +44,11 @@ def _write(tmp_path, text):
     ("model: {n_embd: 30, n_head: 4}", "model.n_embd", "divisible"),
     ("model: {tie_weights: 1}", "model.tie_weights", "true or false"),
     ("optimiser: {lr: 1}", "optimiser", "unknown key"),
-    ("optimizer: {momentum: 0.9}", "optimizer.momentum", "unknown key"),
+    ("optimizer: {momentun: 0.9}", "optimizer.momentun", "unknown key"),
+    ("optimizer: {clip_mode: norm}", "optimizer.clip_mode", "one of"),
+    ("optimizer: {clip_z: 2, clip_mode: value}", "optimizer.clip_z", "global"),
+    ("optimizer: {skip_z: -1}", "optimizer.skip_z", "positive"),
+    ("optimizer: {name: adam}", "optimizer.name", "adamw, sgd"),
     ("data: {sampler: sorted}", "data.sampler", "one of"),
     ("data: 3", "data", "expected a mapping"),
 ])

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from minitrain.optim import AdamW, clip_grad_norm, lr_at
+from minitrain.optim import SGD, AdamW, NormGuard, clip_grads, lr_at
 
 
 def _model(dtype):
@@ -89,13 +89,15 @@ def test_reference_check_catches_a_wrong_weight_decay():
 def test_clip_worked_example():
     """Global norm 3.5 with max_norm 1.0: factor 1/3.5, new norm 1.0; norm 0.4 is untouched."""
     g = [torch.tensor([2.1, 0.0]), torch.tensor([[2.8]])]  # sqrt(2.1^2 + 2.8^2) = 3.5
-    res = clip_grad_norm(g, 1.0)
+    res = clip_grads(g, 1.0)
     assert res.grad_norm == pytest.approx(3.5)
     assert res.clip_factor == pytest.approx(1 / 3.5)
-    assert math.sqrt(sum(float((t**2).sum()) for t in g)) == pytest.approx(1.0)
+    assert res.post_norm == pytest.approx(1.0)
+    assert math.sqrt(sum(float((t**2).sum()) for t in res.grads)) == pytest.approx(1.0)
+    assert torch.equal(g[0], torch.tensor([2.1, 0.0]))  # the raw gradient is left alone
     small = [torch.tensor([0.24, 0.32])]  # norm 0.4
-    res = clip_grad_norm(small, 1.0)
-    assert res.clip_factor == 1.0 and torch.equal(small[0], torch.tensor([0.24, 0.32]))
+    res = clip_grads(small, 1.0)
+    assert res.clip_factor == 1.0 and res.grads[0] is small[0]
 
 
 def test_clip_matches_torch_and_off_means_off():
@@ -105,12 +107,12 @@ def test_clip_matches_torch_and_off_means_off():
     for r, o in zip(ref, ours):
         r.grad = o.clone()
     expected = torch.nn.utils.clip_grad_norm_(ref, 1.0)
-    res = clip_grad_norm(ours, 1.0)
+    res = clip_grads(ours, 1.0)
     assert res.grad_norm == pytest.approx(float(expected))
-    for o, r in zip(ours, ref):
+    for o, r in zip(res.grads, ref):
         torch.testing.assert_close(o, r.grad)
     big = [torch.full((3,), 1e6)]
-    assert clip_grad_norm(big, None).clip_factor == 1.0
+    assert clip_grads(big, None).clip_factor == 1.0
     assert AdamW([torch.zeros(1)], grad_clip=math.inf).grad_clip is None
 
 
@@ -123,3 +125,88 @@ def test_schedule_warmup_then_cosine():
     assert lr_at(600, peak, warm, total, 0.1) == pytest.approx(peak * 0.1)
     lrs = [lr_at(s, peak, warm, total, 0.1) for s in range(warm, total)]
     assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_per_tensor_and_value_clips_follow_their_definitions():
+    torch.manual_seed(4)
+    g = [torch.randn(6, 3) * 4, torch.randn(5) * 0.01, torch.randn(2, 2) * 2]
+    norms = [float(t.norm()) for t in g]
+    res = clip_grads(g, 1.0, "per-tensor")
+    for raw, out, n in zip(g, res.grads, norms):  # each tensor scaled by its own factor
+        torch.testing.assert_close(out, raw * min(1.0, 1.0 / (n + 1e-12)))
+    assert [round(float(t.norm()), 5) for t in res.grads] == [1.0, round(norms[1], 5), 1.0]
+    ref = [t.clone().requires_grad_() for t in g]  # value clipping against torch's own
+    for r, t in zip(ref, g):
+        r.grad = t.clone()
+    torch.nn.utils.clip_grad_value_(ref, 0.5)
+    res = clip_grads(g, 0.5, "value")
+    for out, r in zip(res.grads, ref):
+        torch.testing.assert_close(out, r.grad)
+    flat = torch.cat([t.flatten() for t in res.grads])
+    assert res.post_norm == pytest.approx(float(flat.norm()), rel=1e-6)
+
+
+def test_global_clip_keeps_the_direction_and_value_clip_does_not():
+    torch.manual_seed(5)
+    g = [torch.randn(50) * torch.logspace(-2, 1, 50)]  # a few large coordinates dominate
+    flat = g[0]
+    cos = {mode: float(torch.nn.functional.cosine_similarity(clip_grads(g, 0.1, mode).grads[0],
+                                                             flat, dim=0))
+           for mode in ("global", "value")}
+    assert cos["global"] == pytest.approx(1.0, abs=1e-6)
+    assert cos["value"] < 0.95
+
+
+def _guarded(norms, **kw):
+    """Feed a stream of gradients with given global norms through AdamW with a guard."""
+    p = torch.zeros(4, requires_grad=True)
+    opt = AdamW([p], lr=0.1, weight_decay=0.0, guard=NormGuard(**kw))
+    out = []
+    for n in norms:
+        p.grad = torch.tensor([n, 0.0, 0.0, 0.0])
+        out.append(opt.step())
+    return opt, out
+
+
+def test_norm_guard_statistics_match_their_formulas():
+    g = NormGuard(clip_z=2.0, ema=0.9, warmup=3)
+    for x in (1.0, 2.0, 3.0):  # warm-up: plain mean and (population) variance
+        g.observe(x)
+    assert (g.mean, g.var) == (pytest.approx(2.0), pytest.approx(2 / 3))
+    g.observe(4.0)  # then exponential: mean += 0.1 d, var = 0.9 (var + 0.1 d^2)
+    assert g.mean == pytest.approx(2.2)
+    assert g.var == pytest.approx(0.9 * (2 / 3 + 0.1 * 4.0))
+    assert g.cap() == pytest.approx(2.2 + 2.0 * math.sqrt(0.9 * (2 / 3 + 0.4)))
+
+
+def test_adaptive_clip_caps_an_outlier_and_skip_drops_it():
+    ordinary = [1.0 + 0.1 * math.sin(i) for i in range(40)]
+    opt, stats = _guarded(ordinary + [50.0, 1.0], clip_z=3.0, warmup=25)
+    spike = stats[40]
+    assert spike.grad_norm_pre_clip == 50.0
+    assert 1.0 < spike.grad_norm_post_clip < 1.5 and not spike.skipped  # capped near mean+3std
+    assert spike.grad_z > 100
+    assert all(s.clip_factor == 1.0 for s in stats[:40])  # ordinary steps untouched
+    opt, stats = _guarded(ordinary + [50.0, 1.0], skip_z=6.0, warmup=25)
+    assert stats[40].skipped and stats[40].update_norm == 0.0 and opt.t == 41
+    assert not stats[41].skipped  # the outlier did not enter the statistics
+    assert opt.guard.count == 41
+
+
+def test_sgd_matches_torch():
+    for wd, clip in ((0.0, None), (0.05, 0.5)):
+        ours_m, ref_m = _model(torch.float64), _model(torch.float64)
+        ours = SGD(_groups(ours_m, wd), lr=0.05, momentum=0.9, grad_clip=clip)
+        ref = torch.optim.SGD(_groups(ref_m, wd), lr=0.05, momentum=0.9)
+        gen = torch.Generator().manual_seed(2)
+        for _ in range(40):
+            x = torch.randn(32, 6, generator=gen).double() * 3
+            y = torch.randint(3, (32,), generator=gen)
+            for model in (ours_m, ref_m):
+                model.zero_grad()
+                torch.nn.functional.cross_entropy(model(x), y).backward()
+            ours.step()
+            _reference_clip(list(ref_m.parameters()), clip, exact=True)
+            ref.step()
+        for a, b in zip(ours_m.parameters(), ref_m.parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

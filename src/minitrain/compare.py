@@ -69,7 +69,7 @@ def v_recovery(run: Run, piece: str, step: int, table: str = "wte",
     trace = run.v_trace(piece, table)
     if step >= len(trace) or step < 1:
         return None
-    before = np.nanmedian(trace[max(0, step - 20):step])
+    before = _median_before(trace, step)
     if not np.isfinite(before) or before <= 0:
         return None
     for j in range(step, len(trace)):
@@ -103,8 +103,15 @@ def densest_batch(run: Run) -> dict:
 def v_around(run: Run, piece: str, table: str, step: int) -> tuple[float, float]:
     """(v before: median of the 20 steps before `step`, v at `step`) for a tracked row."""
     trace = run.v_trace(piece, table)
-    before = np.nanmedian(trace[max(0, step - 20):step]) if step else np.nan
-    return before, trace[step]
+    return _median_before(trace, step), trace[step]
+
+
+def _median_before(trace: np.ndarray, step: int, n: int = 20) -> float:
+    """Median of the finite values in the n steps before `step` (nan when there are none:
+    an SGD run has no v)."""
+    window = trace[max(0, step - n):step]
+    window = window[np.isfinite(window)]
+    return float(np.median(window)) if len(window) else np.nan
 
 
 def whole_set_around(run: Run, step: int) -> dict:

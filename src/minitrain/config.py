@@ -44,6 +44,8 @@ class DataConfig:
             raise where("data.arrive_gap", "must be at least 1")
 
 
+OPTIMIZERS = ("adamw", "sgd")
+CLIP_MODES = ("global", "per-tensor", "value")
 SAMPLERS = ("random", "shuffle", "spread", "arrival", "arrival-seen", "arrival-spread")
 
 
@@ -65,18 +67,36 @@ class ModelConfig:
 
 @dataclass
 class OptimizerConfig:
-    name: str = "adamw"
+    name: str = "adamw"  # adamw | sgd (SGD with momentum)
     lr: float = 3e-3  # peak learning rate
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    eps: float = 1e-8
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # adamw only
+    eps: float = 1e-8  # adamw only
+    momentum: float = 0.9  # sgd only
     weight_decay: float = 0.1  # applied to matrices only, not to gains and biases
-    grad_clip: float | None = 1.0  # global L2 threshold; null (or inf) = no clipping
+    grad_clip: float | None = 1.0  # clip threshold; null (or inf) = no clipping
+    clip_mode: str = "global"  # global (L2 of all tensors) | per-tensor (L2 each) | value
+    clip_z: float | None = None  # adaptive clip: cap the norm at its EMA mean + clip_z std
+    skip_z: float | None = None  # skip the update when the norm's z-score is above this
+    norm_ema: float = 0.97  # EMA factor of the norm statistics behind clip_z and skip_z
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
 
     def check(self, where):
-        if self.name != "adamw":
-            raise where("optimizer.name", "must be adamw")
+        if self.name not in OPTIMIZERS:
+            raise where("optimizer.name", f"must be one of {', '.join(OPTIMIZERS)}")
+        if not 0 <= self.momentum < 1:
+            raise where("optimizer.momentum", "must be in [0, 1)")
+        if self.clip_mode not in CLIP_MODES:
+            raise where("optimizer.clip_mode", f"must be one of {', '.join(CLIP_MODES)}")
+        for key in ("clip_z", "skip_z"):
+            z = getattr(self, key)
+            if z is not None and not (z > 0 and math.isfinite(z)):
+                raise where(f"optimizer.{key}", "must be a positive number or null")
+        if self.clip_z is not None and self.clip_mode != "global":
+            raise where("optimizer.clip_z", "the adaptive clip caps the global norm: "
+                        "it needs optimizer.clip_mode global")
+        if not 0 < self.norm_ema < 1:
+            raise where("optimizer.norm_ema", "must be in (0, 1)")
         if not self.lr > 0:
             raise where("optimizer.lr", "must be > 0")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):

@@ -4,6 +4,7 @@ progress line. The loop never asks what is being logged; it calls `on_step` on e
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 from collections import deque
@@ -16,7 +17,7 @@ import torch
 from minitrain import rundir
 from minitrain.data import IGNORE, Batch
 from minitrain.model import token_losses
-from minitrain.optim import AdamW, StepStats
+from minitrain.optim import Optimizer, StepStats
 
 
 @torch.no_grad()
@@ -96,6 +97,7 @@ class MetricsLog(Observer):
             "grad_norm_pre_clip": s.grad_norm_pre_clip,
             "grad_norm_post_clip": s.grad_norm_post_clip,
             "clip_factor": s.clip_factor, "update_norm": s.update_norm,
+            "skipped": s.skipped, "grad_z": None if math.isnan(s.grad_z) else s.grad_z,
             "weight_norm": float(weight_norm),
             "train_loss": r.train_loss, "val_loss": r.val_loss,
             "tokens": r.n_tokens,  # no timings here: same config and seed, same bytes
@@ -154,7 +156,7 @@ class MomentLog(Observer):
     pieces their rows in each vocabulary table (input embedding `wte`, and the head when it is
     not tied): grad, m and v; the embedding rows with the largest gradient."""
 
-    def __init__(self, out: Path, opt: AdamW, names: list[str], tables: dict[str, torch.Tensor],
+    def __init__(self, out: Path, opt: Optimizer, names: list[str], tables: dict[str, torch.Tensor],
                  tracked_pieces: dict[str, int], top_rows: int = 5):
         self.w = rundir.JsonlWriter(out / rundir.MOMENTS)
         self.opt, self.names = opt, names
@@ -162,29 +164,31 @@ class MomentLog(Observer):
         self.tables = {name: index[id(t)] for name, t in tables.items()}
         self.tracked, self.top_rows = tracked_pieces, top_rows
 
-    def _rows(self, k: int, clip_factor: float):
-        # the stored grad is post-clip; dividing by the factor gives the pre-clip rows back
-        grad = self.opt.params[k].grad / clip_factor
-        return torch.linalg.vector_norm(grad, dim=1), self.opt.m[k], self.opt.v[k]
-
     def on_step(self, r):
-        opt = self.opt
+        opt = self.opt  # p.grad is the raw (pre-clip) gradient; SGD has no v
         m_norms = torch.stack(torch._foreach_norm(opt.m)).tolist()
-        v_norms = torch.stack(torch._foreach_norm(opt.v)).tolist()
-        v_max = torch.stack([v.max() for v in opt.v]).tolist()
         g_norms = r.stats.tensor_grad_norms.tolist()
-        tensors = {n: {"grad_norm": g, "m_norm": m, "v_norm": v, "v_max": vm}
-                   for n, g, m, v, vm in zip(self.names, g_norms, m_norms, v_norms, v_max)}
+        tensors = {n: {"grad_norm": g, "m_norm": m} for n, g, m in zip(self.names, g_norms,
+                                                                          m_norms)}
+        if opt.v is not None:
+            v_norms = torch.stack(torch._foreach_norm(opt.v)).tolist()
+            v_max = torch.stack([v.max() for v in opt.v]).tolist()
+            for n, v, vm in zip(self.names, v_norms, v_max):
+                tensors[n].update(v_norm=v, v_max=vm)
         tracked = {p: {"id": i} for p, i in self.tracked.items()}
         top = None
         for table, k in self.tables.items():
-            row_norms, m, v = self._rows(k, r.stats.clip_factor)
+            grad, m = opt.params[k].grad, opt.m[k]
+            row_norms = torch.linalg.vector_norm(grad, dim=1)
             if table == "wte":
                 top = torch.topk(row_norms, min(self.top_rows, len(row_norms)))
             for p, i in self.tracked.items():
-                tracked[p][table] = {"grad_norm": float(row_norms[i]),
-                                     "m_norm": float(torch.linalg.vector_norm(m[i])),
-                                     "v_mean": float(v[i].mean()), "v_max": float(v[i].max())}
+                row = {"grad_norm": float(row_norms[i]),
+                       "m_norm": float(torch.linalg.vector_norm(m[i]))}
+                if opt.v is not None:
+                    v = opt.v[k]
+                    row.update(v_mean=float(v[i].mean()), v_max=float(v[i].max()))
+                tracked[p][table] = row
         self.w.write({"step": r.step, "tensors": tensors, "tracked": tracked,
                       "top_grad_rows": [[int(i), float(n)] for n, i in zip(*top)]})
 

@@ -1,7 +1,9 @@
-"""Hand-written AdamW with a global-norm clip in front of the moments, and the LR schedule.
+"""The optimizers (hand-written AdamW and SGD with momentum), the gradient guards in front of
+them (clip modes, the adaptive z-score clip, the outlier skip), and the LR schedule.
 
-One multi-tensor (`torch._foreach_*`) op per equation, so the step costs what torch's own
-foreach AdamW costs.
+One multi-tensor (`torch._foreach_*`) op per equation, so a step costs what torch's own
+foreach optimizers cost. `p.grad` is left as the model produced it (pre-clip): the optimizer
+clips a copy, so observers always read the raw gradient.
 """
 
 from __future__ import annotations
@@ -11,74 +13,201 @@ from dataclasses import dataclass
 
 import torch
 
+from minitrain.config import CLIP_MODES, OptimizerConfig
+
 
 @dataclass
 class ClipResult:
+    grads: list[torch.Tensor]  # what the moments see: `grads` itself when the clip did nothing
     grad_norm: float  # global L2 norm before clipping
-    clip_factor: float  # 1.0 when the clip did nothing
+    post_norm: float  # global L2 norm after clipping
     tensor_norms: torch.Tensor  # (n_tensors,) per-tensor L2 norms before clipping
+
+    @property
+    def clip_factor(self) -> float:  # post / pre: 1.0 when the clip did nothing
+        return self.post_norm / self.grad_norm if self.grad_norm > 0 else 1.0
 
 
 @torch.no_grad()
-def clip_grad_norm(grads: list[torch.Tensor], max_norm: float | None) -> ClipResult:
-    """Scale `grads` in place so their global L2 norm is at most max_norm (None = off)."""
-    tensor_norms = torch.stack(torch._foreach_norm(grads))
-    total = torch.linalg.vector_norm(tensor_norms)  # ||g|| = sqrt(sum_i ||g_i||^2)
-    g_norm = float(total)
-    clip = math.inf if max_norm is None else max_norm
-    clip_factor = min(1.0, clip / (g_norm + 1e-12))
-    if clip_factor < 1.0:
-        torch._foreach_mul_(grads, clip_factor)
-    return ClipResult(g_norm, clip_factor, tensor_norms)
+def clip_grads(grads: list[torch.Tensor], threshold: float | None, mode: str = "global",
+               tensor_norms: torch.Tensor | None = None) -> ClipResult:
+    """Clip `grads` (not in place) by `threshold` (None = off):
+    global:     g *= min(1, threshold / (||g|| + 1e-12)), ||g|| over all tensors together
+    per-tensor: g_i *= min(1, threshold / (||g_i|| + 1e-12)), each tensor on its own
+    value:      each element clamped to [-threshold, threshold]
+    `tensor_norms` may be passed when the caller already has them."""
+    if tensor_norms is None:
+        tensor_norms = torch.stack(torch._foreach_norm(grads))
+    g_norm = float(torch.linalg.vector_norm(tensor_norms))  # sqrt(sum_i ||g_i||^2)
+    if threshold is None or math.isinf(threshold):
+        return ClipResult(grads, g_norm, g_norm, tensor_norms)
+    if mode == "global":
+        clip_factor = min(1.0, threshold / (g_norm + 1e-12))
+        if clip_factor == 1.0:
+            return ClipResult(grads, g_norm, g_norm, tensor_norms)
+        return ClipResult(torch._foreach_mul(grads, clip_factor), g_norm, g_norm * clip_factor,
+                          tensor_norms)
+    if mode == "per-tensor":
+        factors = (threshold / (tensor_norms + 1e-12)).clamp(max=1.0)
+        clipped = torch._foreach_mul(grads, list(factors.unbind()))
+        post = float(torch.linalg.vector_norm(tensor_norms * factors))
+    elif mode == "value":
+        clipped = torch._foreach_clamp_max(torch._foreach_clamp_min(grads, -threshold), threshold)
+        post = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(clipped))))
+    else:
+        raise ValueError(f"unknown clip mode {mode!r}")  # config validation stops this earlier
+    return ClipResult(clipped, g_norm, post, tensor_norms)
+
+
+class NormGuard:
+    """Running statistics of the pre-clip global norm, and the two guards built on them.
+
+    Mean and variance are exponential moving averages (factor `ema`), as in ZClip (Kumar et
+    al., 2025, "ZClip: Adaptive Spike Mitigation for LLM Pre-Training"). After `warmup` norms:
+    - clip_z: cap the norm at mean + clip_z * std (the adaptive clip);
+    - skip_z: drop the whole update when the norm's z-score is above skip_z.
+    The statistics are fed the norm that was applied (after the cap; nothing when skipped), so
+    one spike does not raise the bar for the next.
+    """
+
+    def __init__(self, clip_z: float | None = None, skip_z: float | None = None,
+                 ema: float = 0.97, warmup: int = 25):
+        self.clip_z, self.skip_z, self.ema, self.warmup = clip_z, skip_z, ema, warmup
+        self.mean, self.var, self.count = 0.0, 0.0, 0
+
+    @property
+    def active(self) -> bool:
+        return self.clip_z is not None or self.skip_z is not None
+
+    def z(self, g: float) -> float:
+        """z-score of `g` against the history; nan until `warmup` norms are in."""
+        if self.count < self.warmup:
+            return math.nan
+        return (g - self.mean) / max(math.sqrt(self.var), 1e-12)
+
+    def cap(self) -> float | None:
+        if self.clip_z is None or self.count < self.warmup:
+            return None
+        return self.mean + self.clip_z * math.sqrt(self.var)
+
+    def observe(self, g: float) -> None:
+        if self.count < self.warmup:  # plain running mean/variance until the EMA takes over
+            self.count += 1
+            delta = g - self.mean
+            self.mean += delta / self.count
+            self.var += (delta * (g - self.mean) - self.var) / self.count
+            return
+        self.count += 1
+        delta = g - self.mean
+        self.mean += (1 - self.ema) * delta
+        self.var = self.ema * (self.var + (1 - self.ema) * delta * delta)
+
+    def state_dict(self) -> dict:
+        return {"mean": self.mean, "var": self.var, "count": self.count}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
 
 
 @dataclass
 class StepStats:
     grad_norm_pre_clip: float
-    grad_norm_post_clip: float
-    clip_factor: float
+    grad_norm_post_clip: float  # the norm that reached the moments: 0 when skipped
+    clip_factor: float  # post / pre; 1.0 when no guard acted
     update_norm: float  # L2 norm of the change applied to all parameters this step
     tensor_grad_norms: torch.Tensor  # pre-clip, one per parameter tensor, in param order
+    skipped: bool = False  # the outlier guard dropped this step's update
+    grad_z: float = math.nan  # z-score of the pre-clip norm (nan without a guard or in warm-up)
 
 
-class AdamW:
-    """AdamW (Loshchilov & Hutter) with bias correction, like torch.optim.AdamW, plus grad_clip.
+class Optimizer:
+    """The step both optimizers share: raw gradients -> guards and clip -> `_update`.
 
     params: tensors, or groups {"params": [...], "weight_decay": float}.
     """
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
-                 grad_clip: float | None = None):
+    def __init__(self, params, lr, weight_decay, grad_clip, clip_mode, guard):
         params = list(params)
         if params and not isinstance(params[0], dict):
             params = [{"params": params}]
         self.groups = [{"params": list(g["params"]),
                         "weight_decay": g.get("weight_decay", weight_decay)} for g in params]
         self.params = [p for g in self.groups for p in g["params"]]
-        self.lr, self.betas, self.eps = lr, tuple(betas), eps
+        self.lr = lr
         self.grad_clip = None if grad_clip is None or math.isinf(grad_clip) else grad_clip
-        self.t = 0  # steps taken
-        self.m = [torch.zeros_like(p) for p in self.params]  # first moment
-        self.v = [torch.zeros_like(p) for p in self.params]  # second moment
-
-    def state_dict(self) -> dict:
-        return {"t": self.t, "m": self.m, "v": self.v}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.t = state["t"]
-        for mine, saved in ((self.m, state["m"]), (self.v, state["v"])):
-            for a, b in zip(mine, saved, strict=True):
-                a.copy_(b)
+        if clip_mode not in CLIP_MODES:
+            raise ValueError(f"unknown clip mode {clip_mode!r}")
+        self.clip_mode = clip_mode
+        self.guard = guard or NormGuard()
+        self.t = 0  # updates applied (skipped steps do not count)
 
     def zero_grad(self):
         for p in self.params:
             p.grad = None
 
+    def state_dict(self) -> dict:
+        return {"t": self.t, "guard": self.guard.state_dict(), **self._state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.t = state["t"]
+        if "guard" in state:
+            self.guard.load_state_dict(state["guard"])
+        for name, tensors in self._state().items():
+            for a, b in zip(tensors, state[name], strict=True):
+                a.copy_(b)
+
     @torch.no_grad()
     def step(self) -> StepStats:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        clip = clip_grad_norm(grads, self.grad_clip)  # before the moments see the gradient
+        tensor_norms = torch.stack(torch._foreach_norm(grads))
+        g_norm = float(torch.linalg.vector_norm(tensor_norms))
+        guard = self.guard
+        z = guard.z(g_norm) if guard.active else math.nan
+        if guard.skip_z is not None and z > guard.skip_z:  # an outlier: no update at all
+            return StepStats(g_norm, 0.0, 0.0, 0.0, tensor_norms, skipped=True, grad_z=z)
+        threshold, mode = self.grad_clip, self.clip_mode
+        cap = guard.cap()
+        if cap is not None and (threshold is None or cap < threshold):
+            threshold, mode = cap, "global"
+        # the clip comes before the moments see the gradient
+        clip = clip_grads(grads, threshold, mode, tensor_norms)
+        if guard.active:
+            guard.observe(clip.post_norm)
         self.t += 1
+        update = self._update(clip.grads)
+        # p = p - update
+        torch._foreach_sub_(self.params, update)
+        update_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(update))))
+        return StepStats(clip.grad_norm, clip.post_norm, clip.clip_factor, update_norm,
+                         clip.tensor_norms, grad_z=z)
+
+    def _decay(self, update: list[torch.Tensor], scale: float) -> None:
+        """update += scale * wd * p, per group (p before this step's change)."""
+        start = 0
+        for g in self.groups:
+            n = len(g["params"])
+            if g["weight_decay"]:
+                torch._foreach_add_(update[start:start + n], g["params"],
+                                    alpha=scale * g["weight_decay"])
+            start += n
+
+
+class AdamW(Optimizer):
+    """AdamW (Loshchilov & Hutter) with bias correction, like torch.optim.AdamW, behind the
+    shared guards and clip."""
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
+                 grad_clip: float | None = None, clip_mode: str = "global",
+                 guard: NormGuard | None = None):
+        super().__init__(params, lr, weight_decay, grad_clip, clip_mode, guard)
+        self.betas, self.eps = tuple(betas), eps
+        self.m = [torch.zeros_like(p) for p in self.params]  # first moment
+        self.v = [torch.zeros_like(p) for p in self.params]  # second moment
+
+    def _state(self) -> dict:
+        return {"m": self.m, "v": self.v}
+
+    def _update(self, grads):
         b1, b2 = self.betas
         lr = self.lr
         # m = b1 m + (1 - b1) g
@@ -92,19 +221,52 @@ class AdamW:
         torch._foreach_add_(denom, self.eps)
         update = torch._foreach_div(self.m, denom)
         torch._foreach_mul_(update, lr / (1 - b1**self.t))
-        # decoupled weight decay: update += lr * wd * p (uses p before this step's change)
+        # decoupled weight decay: update += lr * wd * p
+        self._decay(update, lr)
+        return update
+
+
+class SGD(Optimizer):
+    """SGD with momentum, like torch.optim.SGD (dampening 0, not Nesterov): weight decay is
+    L2 added to the gradient, and the step is lr times the momentum buffer, so it grows with
+    the gradient, unlike Adam's normalised step."""
+
+    def __init__(self, params, lr=1e-2, momentum=0.9, weight_decay=0.0,
+                 grad_clip: float | None = None, clip_mode: str = "global",
+                 guard: NormGuard | None = None):
+        super().__init__(params, lr, weight_decay, grad_clip, clip_mode, guard)
+        self.momentum = momentum
+        self.m = [torch.zeros_like(p) for p in self.params]  # momentum buffer
+        self.v = None  # no second moment: observers check for it
+
+    def _state(self) -> dict:
+        return {"m": self.m}
+
+    def _update(self, grads):
+        # d = g + wd * p
+        d = list(grads)
         start = 0
         for g in self.groups:
             n = len(g["params"])
             if g["weight_decay"]:
-                wd = lr * g["weight_decay"]
-                torch._foreach_add_(update[start:start + n], g["params"], alpha=wd)
+                d[start:start + n] = torch._foreach_add(grads[start:start + n], g["params"],
+                                                        alpha=g["weight_decay"])
             start += n
-        # p = p - update
-        torch._foreach_sub_(self.params, update)
-        update_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(update))))
-        return StepStats(clip.grad_norm, clip.grad_norm * clip.clip_factor, clip.clip_factor,
-                         update_norm, clip.tensor_norms)
+        # m = momentum m + d   (m starts at 0, so the first step's m is d, as in torch)
+        torch._foreach_mul_(self.m, self.momentum)
+        torch._foreach_add_(self.m, d)
+        # update = lr m
+        return torch._foreach_mul(self.m, self.lr)
+
+
+def build(o: OptimizerConfig, groups) -> Optimizer:
+    """The optimizer a config names, with its clip and guards."""
+    guard = NormGuard(o.clip_z, o.skip_z, o.norm_ema, warmup=max(25, o.warmup_steps))
+    common = dict(lr=o.lr, weight_decay=o.weight_decay, grad_clip=o.grad_clip,
+                  clip_mode=o.clip_mode, guard=guard)
+    if o.name == "sgd":
+        return SGD(groups, momentum=o.momentum, **common)
+    return AdamW(groups, betas=o.betas, eps=o.eps, **common)
 
 
 def lr_at(step: int, peak: float, warmup_steps: int, total_steps: int, min_ratio: float) -> float:

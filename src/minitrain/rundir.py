@@ -178,11 +178,18 @@ class Run:
             raise RunDirError(f"{self.path}: unreadable {TOKENIZER}: {first}") from None
 
 
+# keys the config gained after run directories were first written: an older run lacks them,
+# and it behaved as their defaults do
+LATER_KEYS = {"optimizer.momentum", "optimizer.clip_mode", "optimizer.clip_z",
+              "optimizer.skip_z", "optimizer.norm_ema"}
+
+
 def _missing_keys(shape: dict, raw: dict, prefix: str = "") -> list[str]:
     out = []
     for k, v in shape.items():
         if k not in raw:
-            out.append(prefix + k)
+            if prefix + k not in LATER_KEYS:
+                out.append(prefix + k)
         elif isinstance(v, dict):
             out += _missing_keys(v, raw[k], f"{prefix}{k}.")
     return out

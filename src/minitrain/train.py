@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from minitrain import checkpoint, rundir
+from minitrain import checkpoint, optim, rundir
 from minitrain import config as config_mod
 from minitrain import dist as ddp
 from minitrain.config import Config
@@ -26,7 +26,7 @@ from minitrain.observe import (
     TokenLossLog,
     WholeSetLoss,
 )
-from minitrain.optim import AdamW, lr_at
+from minitrain.optim import lr_at
 from minitrain.tokenizer import Tokenizer, exclusive_pieces
 
 
@@ -85,7 +85,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     model = GPT(cfg.model, tok.vocab_size)
     groups, names = param_groups(model, cfg.optimizer.weight_decay)
     o = cfg.optimizer
-    opt = AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, grad_clip=o.grad_clip)
+    opt = optim.build(o, groups)
     sampler = Sampler(len(enc), cfg.data.batch_size, cfg.data.sampler, cfg.seed, rare_ids,
                       cfg.data.arrive_step, cfg.data.arrive_gap)
     full = make_batch(enc, list(range(len(enc))), tok.pad_id)
