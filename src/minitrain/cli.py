@@ -37,12 +37,20 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("run")
     d.add_argument("--json", action="store_true", help="print JSON instead of the report")
     d.add_argument("--out", help="also write the JSON to this file")
-    d.add_argument("--window", type=int, default=50, help="steps in the rolling baseline")
-    d.add_argument("--z", type=float, default=6.0, help="robust z-score threshold")
-    d.add_argument("--min-ratio", type=float, default=3.0, help="ratio-to-median threshold")
+    d.add_argument("--window", type=int, help="steps in the rolling baseline "
+                   "(default: the run config's diagnose.window)")
+    d.add_argument("--z", type=float, help="robust z-score threshold (default: diagnose.z)")
+    d.add_argument("--min-ratio", type=float,
+                   help="ratio-to-median threshold (default: diagnose.min_ratio)")
     d.add_argument("--postmortem", metavar="FILE",
                    help="write theory/04's post-mortem template, filled for the largest spike")
     d.add_argument("--against", metavar="RUN_A", help="reference run for the post-mortem")
+    w = sub.add_parser("sweep", help="run a grid of seeds x settings; table and picture")
+    w.add_argument("spec", help="sweep file (YAML: base, seeds, set, cells, jobs)")
+    w.add_argument("--jobs", type=int, help="processes in parallel (default: the spec's)")
+    w.add_argument("--report-only", action="store_true",
+                   help="do not train: summarise the runs already there")
+    w.add_argument("--page", help="Markdown page whose '<!-- measured:sweep -->' block to fill")
     return p
 
 
@@ -77,9 +85,9 @@ def main(argv: list[str] | None = None) -> int:
             report(args.run_a, args.run_b, args.out, args.page)
             return 0
         if args.command == "diagnose":
-            from minitrain.diagnose import Thresholds, diagnose, print_report, to_json
+            from minitrain.diagnose import diagnose, print_report, to_json
 
-            result = diagnose(args.run, Thresholds(args.window, args.z, args.min_ratio))
+            result = diagnose(args.run, window=args.window, z=args.z, min_ratio=args.min_ratio)
             if args.out:
                 Path(args.out).write_text(to_json(result) + "\n", encoding="utf-8")
             if args.postmortem:
@@ -92,6 +100,23 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print_report(result)
             return 0
+        if args.command == "sweep":
+            from minitrain import sweep
+
+            spec = sweep.load_spec(args.spec)
+            if args.jobs is not None:
+                if args.jobs < 1:
+                    raise ConfigError("--jobs: must be at least 1")
+                spec.jobs = args.jobs
+            if not args.report_only:
+                sweep.run(spec)
+            table = sweep.report(spec, args.page)
+            print(sweep.markdown(table, spec))
+            print(f"per run: {spec.path.parent / 'results.csv'}; "
+                  f"picture: {spec.path.parent / 'sweep.png'}")
+            return 0
+    except KeyboardInterrupt:
+        return 130
     except USER_ERRORS as e:
         print(f"minitrain: error: {e}", file=sys.stderr)
         return 2

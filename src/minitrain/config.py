@@ -123,6 +123,8 @@ class TrainConfig:
     eval_dense: bool = True  # and every step for 100 steps after a gradient-norm jump
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     instrument: bool = True  # false: write only config, tokenizer and summary (benchmarks)
+    extra_logs: list[str] = field(default_factory=lambda: list(EXTRA_LOGS))  # beside metrics
+    # and batches, which every instrumented run writes; sweeps drop these to run faster
     checkpoint_every: int = 200  # steps between checkpoints (0: only when interrupted)
 
     def check(self, where):
@@ -134,6 +136,32 @@ class TrainConfig:
             raise where("train.checkpoint_every", "must be >= 0")
         if self.threads < 0:
             raise where("train.threads", "must be >= 0")
+        for i, name in enumerate(self.extra_logs):
+            if name not in EXTRA_LOGS:
+                raise where(f"train.extra_logs[{i}]", f"must be one of {', '.join(EXTRA_LOGS)}")
+
+
+EXTRA_LOGS = ("token_losses", "moments")
+
+
+@dataclass
+class DiagnoseConfig:
+    """Spike thresholds for `minitrain diagnose` (and the sweep): a step is a spike when it is
+    >= min_ratio x the median of the `window` steps before and >= z robust sd above it."""
+    window: int = 50
+    z: float = 6.0
+    min_ratio: float = 3.0
+    merge: int = 20  # flagged steps closer than this are one event
+
+    def check(self, where):
+        if self.window < 10:
+            raise where("diagnose.window", "must be at least 10")
+        if not self.z > 0:
+            raise where("diagnose.z", "must be > 0")
+        if not self.min_ratio >= 1:
+            raise where("diagnose.min_ratio", "must be >= 1")
+        if self.merge < 0:
+            raise where("diagnose.merge", "must be >= 0")
 
 
 @dataclass
@@ -143,6 +171,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -174,7 +203,7 @@ def from_dict(raw: dict, source: str = "<config>") -> Config:
         return ConfigError(f"{source}: {key if key.isprintable() else repr(key)}: {what}")
 
     cfg = _build(Config, raw, "", where)
-    for section in (cfg.data, cfg.model, cfg.optimizer, cfg.train):
+    for section in (cfg.data, cfg.model, cfg.optimizer, cfg.train, cfg.diagnose):
         section.check(where)
     return cfg
 

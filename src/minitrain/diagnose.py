@@ -12,24 +12,28 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from minitrain.compare import sentence_texts, v_around, v_recovery, whole_set_around
+from minitrain.config import ConfigError, DiagnoseConfig
 from minitrain.rundir import Run, clean, load_run
 
 
-@dataclass
-class Thresholds:
-    window: int = 50
-    z: float = 6.0
-    min_ratio: float = 3.0
-    merge: int = 20
+def thresholds(run: Run, **overrides) -> DiagnoseConfig:
+    """The run config's `diagnose` section (defaults for older runs), with the overrides that
+    are not None; raises ConfigError for an impossible value."""
+    th = DiagnoseConfig(**run.config.get("diagnose", {}))
+    for key, value in overrides.items():
+        if value is not None:
+            setattr(th, key, value)
+    th.check(lambda key, what: ConfigError(f"{key}: {what}"))
+    return th
 
 
-def detect(values: np.ndarray, start: int, th: Thresholds) -> list[dict]:
+def detect(values: np.ndarray, start: int, th: DiagnoseConfig) -> list[dict]:
     """Spike events in `values` from step `start` on: step, ratio to the rolling median, z."""
     logs = np.log(np.where(values > 0, values, np.nan))
     flagged = []
@@ -78,7 +82,10 @@ def _words(pieces: list[str]) -> list[str]:
 def loss_carriers(run: Run, step: int, k: int = 6) -> list[dict]:
     """Target pieces carrying the most loss at `step`, against their usual loss before it, and
     the words they sit in."""
-    tok, tl = run.tokenizer(), run.token_losses()
+    tl = run.token_losses()
+    if not len(tl):  # not logged (train.extra_logs)
+        return []
+    tok = run.tokenizer()
     now = tl[tl["step"] == step]
     past = tl[(tl["step"] < step) & (tl["step"] >= max(0, step - 200))]
     words: dict[int, set[str]] = {}
@@ -143,9 +150,11 @@ def describe(run: Run, event: dict, kind: str) -> dict:
     }
 
 
-def diagnose(path: str | Path, th: Thresholds | None = None) -> dict:
-    th = th or Thresholds()
+def diagnose(path: str | Path, **overrides) -> dict:
+    """Spikes of the run at `path`, thresholds from its config unless overridden (window=,
+    z=, min_ratio=, merge=)."""
     run = load_run(path)
+    th = thresholds(run, **overrides)
     start = run.config["optimizer"]["warmup_steps"] + th.window // 4
     spikes = []
     for kind, key in (("grad_norm", "grad_norm_pre_clip"), ("loss", "loss")):

@@ -126,7 +126,10 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def read_token_losses(path: Path) -> np.ndarray:
-    """All token-loss records (structured array, TOKEN_LOSS_DTYPE); a cut-off record is dropped."""
+    """All token-loss records (structured array, TOKEN_LOSS_DTYPE); a cut-off record is dropped;
+    none when the run did not log them."""
+    if not path.is_file():
+        return np.empty(0, TOKEN_LOSS_DTYPE)
     raw = np.fromfile(path, dtype=np.uint8)
     n = len(raw) // TOKEN_LOSS_DTYPE.itemsize
     return raw[: n * TOKEN_LOSS_DTYPE.itemsize].view(TOKEN_LOSS_DTYPE)
@@ -181,7 +184,7 @@ class Run:
 # keys the config gained after run directories were first written: an older run lacks them,
 # and it behaved as their defaults do
 LATER_KEYS = {"optimizer.momentum", "optimizer.clip_mode", "optimizer.clip_z",
-              "optimizer.skip_z", "optimizer.norm_ema"}
+              "optimizer.skip_z", "optimizer.norm_ema", "train.extra_logs", "diagnose"}
 
 
 def _missing_keys(shape: dict, raw: dict, prefix: str = "") -> list[str]:

@@ -124,10 +124,14 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
         summary["resumed_at_step"] = start
     if writer:
         rundir.write_json_atomic(out / rundir.SUMMARY, summary)
-    observers = [evaluator,
-                 MetricsLog(out, opt.params), BatchLog(out, tracked_sentences, tracked_pieces),
-                 TokenLossLog(out), MomentLog(out, opt, names, tables, tracked_pieces),
-                 ] if cfg.train.instrument and writer else []
+    observers = []
+    if cfg.train.instrument and writer:
+        observers = [evaluator, MetricsLog(out, opt.params),
+                     BatchLog(out, tracked_sentences, tracked_pieces)]
+        if "token_losses" in cfg.train.extra_logs:
+            observers.append(TokenLossLog(out))
+        if "moments" in cfg.train.extra_logs:
+            observers.append(MomentLog(out, opt, names, tables, tracked_pieces))
     if progress and writer:
         observers.append(Progress(cfg.train.steps, out.name, start))
 

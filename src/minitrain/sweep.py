@@ -1,0 +1,282 @@
+"""`minitrain sweep SPEC`: the same run over many seeds and settings, in parallel processes,
+resumable, summarised as one table (markdown + CSV) and one picture.
+
+A spec (YAML) names a base config, the seeds, overrides for every run, and cells: each cell
+is a label and its own overrides. Runs go to OUT/<cell>/seed-<n>/, ordinary run directories.
+A run whose directory already holds a completed run of the same resolved config is not run
+again, so an interrupted sweep goes on where it stopped.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+import signal
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from minitrain import config as config_mod
+from minitrain import rundir
+from minitrain.config import ConfigError
+
+
+@dataclass
+class Spec:
+    path: Path
+    base: Path
+    seeds: list[int]
+    common: list[str]
+    cells: dict[str, list[str]]  # label -> overrides
+    jobs: int
+    out: Path
+
+
+def load_spec(path: str | Path) -> Spec:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such sweep file") from None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
+
+    def bad(key, what):
+        return ConfigError(f"{path}: {key}: {what}")
+
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping")
+    known = {"base", "seeds", "set", "cells", "jobs", "out"}
+    for key in raw:
+        if key not in known:
+            raise bad(key, f"unknown key (expected one of: {', '.join(sorted(known))})")
+    seeds = raw.get("seeds")
+    if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0:
+        seeds = list(range(seeds))
+    if not (isinstance(seeds, list) and seeds and
+            all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+        raise bad("seeds", "expected a positive count or a list of integers")
+    cells = raw.get("cells")
+    if not isinstance(cells, dict) or not cells:
+        raise bad("cells", "expected a mapping of label -> list of key=value overrides")
+    for label, sets in cells.items():
+        if not isinstance(sets, list) or not all(isinstance(s, str) for s in sets):
+            raise bad(f"cells.{label}", "expected a list of key=value strings")
+    common = raw.get("set", [])
+    if not isinstance(common, list) or not all(isinstance(s, str) for s in common):
+        raise bad("set", "expected a list of key=value strings")
+    jobs = raw.get("jobs", 2)
+    if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1:
+        raise bad("jobs", "expected a positive integer")
+    if not isinstance(raw.get("base"), str):
+        raise bad("base", "expected the path of a run config")
+    spec = Spec(path, Path(raw["base"]), seeds, common, {str(k): v for k, v in cells.items()},
+                jobs, Path(raw.get("out", path.parent / "runs")))
+    for label in spec.cells:  # every run's config is validated before any starts
+        config_mod.load(spec.base, _overrides(spec, label, spec.seeds[0]))
+    return spec
+
+
+def _overrides(spec: Spec, label: str, seed: int) -> list[str]:
+    return [*spec.common, *spec.cells[label], f"seed={seed}"]
+
+
+def slug(label: str) -> str:
+    return re.sub(r"[^a-z0-9.]+", "-", label.lower()).strip("-")
+
+
+def run_dir(spec: Spec, label: str, seed: int) -> Path:
+    return spec.out / slug(label) / f"seed-{seed}"
+
+
+def _done(out: Path, cfg) -> bool:
+    """A completed run of exactly this config is already there."""
+    try:
+        summary = json.loads((out / rundir.SUMMARY).read_text(encoding="utf-8"))
+        same = (out / rundir.CONFIG).read_text(encoding="utf-8") == config_mod.dump(cfg)
+    except (OSError, ValueError):
+        return False
+    return same and summary.get("status") in ("completed", "diverged")
+
+
+def _train_one(base: str, overrides: list[str], out: str) -> str:
+    from minitrain.train import train
+
+    cfg = config_mod.load(base, overrides)
+    return train(cfg, out, progress=False, replace=True)["status"]
+
+
+def _ignore_sigint():  # workers finish their run; the parent decides when to stop
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def run(spec: Spec, log=print) -> dict[str, int]:
+    """Train every run of the spec not already done. Returns counts by outcome."""
+    todo = []
+    for label in spec.cells:
+        for seed in spec.seeds:
+            overrides = _overrides(spec, label, seed)
+            out = run_dir(spec, label, seed)
+            if not _done(out, config_mod.load(spec.base, overrides)):
+                todo.append((label, seed, overrides, out))
+    total = len(spec.cells) * len(spec.seeds)
+    counts = {"already done": total - len(todo)}
+    log(f"{spec.path}: {total} runs, {counts['already done']} already done, "
+        f"{len(todo)} to run on {spec.jobs} processes")
+    import multiprocessing as mp
+
+    pool = ProcessPoolExecutor(spec.jobs, mp_context=mp.get_context("spawn"),
+                               initializer=_ignore_sigint)
+    futures = {pool.submit(_train_one, str(spec.base), ov, str(out)): (label, seed)
+               for label, seed, ov, out in todo}
+    try:
+        for i, fut in enumerate(as_completed(futures), 1):
+            label, seed = futures[fut]
+            status = fut.result()
+            counts[status] = counts.get(status, 0) + 1
+            log(f"[{i}/{len(todo)}] {label} seed {seed}: {status}")
+    except KeyboardInterrupt:
+        log("interrupted: runs in progress finish first; rerun the sweep to go on")
+        pool.shutdown(wait=True, cancel_futures=True)
+        raise
+    pool.shutdown()
+    return counts
+
+
+# ---- reading the runs back: one row per run, one line per cell ----
+
+def event_step(cfg: dict) -> int | None:
+    """The step where the spec's rare data arrives, from the run's config."""
+    data = cfg["data"]
+    if data["sampler"].startswith("arrival"):
+        return data["arrive_step"]
+    return None
+
+
+def run_row(path: Path) -> dict:
+    from minitrain.compare import norm_ratios, whole_set_around
+    from minitrain.diagnose import detect, thresholds
+
+    run = rundir.load_run(path)
+    step = event_step(run.config)
+    th = thresholds(run)
+    g = run.column("grad_norm_pre_clip")
+    post = run.column("grad_norm_post_clip")
+    start = run.config["optimizer"]["warmup_steps"] + th.window // 4
+    events = detect(g, start, th) if step is not None else []
+    ordinary = np.arange(len(g)) >= start
+    if step is not None:
+        ordinary &= np.arange(len(g)) < step
+    row = {"status": run.summary["status"], "steps": len(run.metrics),
+           "diverged": run.summary["status"] == "diverged",
+           "clipped_ordinary": float(np.mean(post[ordinary] < g[ordinary] * (1 - 1e-9)))
+           if ordinary.any() else np.nan,
+           "skipped_steps": int(sum(bool(m.get("skipped")) for m in run.metrics))}
+    if step is None or step >= len(g):
+        return row
+    around = whole_set_around(run, step)
+    back = around["whole back within 10% of rise, steps"]
+    final = run.column("train_loss")
+    final = final[np.isfinite(final)]
+    row.update({
+        "spiked": any(step <= e["step"] <= step + 5 for e in events),
+        "ratio": float(norm_ratios(run)[step]),
+        "whole_before": around["whole_before"], "whole_rise": around["whole_rise"],
+        "recovery_steps": 0 if back == "no rise" else back,
+        "final_gap": float(final[-1] - around["whole_before"]) if len(final) else np.nan,
+    })
+    return row
+
+
+COLUMNS = ["cell", "seed", "status", "spiked", "diverged", "ratio", "whole_before",
+           "whole_rise", "recovery_steps", "final_gap", "clipped_ordinary", "skipped_steps"]
+
+
+def collect(spec: Spec) -> list[dict]:
+    rows = []
+    for label in spec.cells:
+        for seed in spec.seeds:
+            path = run_dir(spec, label, seed)
+            try:
+                rows.append({"cell": label, "seed": seed, **run_row(path)})
+            except rundir.RunDirError:
+                rows.append({"cell": label, "seed": seed, "status": "missing"})
+    return rows
+
+
+def _median(values) -> float:
+    v = np.array([x for x in values if x is not None], float)
+    v = v[np.isfinite(v)]
+    return float(np.median(v)) if len(v) else np.nan
+
+
+def cell_table(rows: list[dict]) -> list[dict]:
+    out = []
+    for label in dict.fromkeys(r["cell"] for r in rows):
+        rs = [r for r in rows if r["cell"] == label and r["status"] != "missing"]
+        never = sum(r.get("recovery_steps") is None and "whole_rise" in r for r in rs)
+        out.append({
+            "cell": label, "runs": len(rs),
+            "spiked": sum(bool(r.get("spiked")) for r in rs),
+            "diverged": sum(r["diverged"] for r in rs),
+            "median ratio": _median(r.get("ratio") for r in rs),
+            "median whole-set rise": _median(r.get("whole_rise") for r in rs),
+            "rise > 0.1": sum((r.get("whole_rise") or 0) > 0.1 for r in rs),
+            "median recovery steps": _median(r.get("recovery_steps") for r in rs),
+            "not back by the end": never,
+            "median final - before": _median(r.get("final_gap") for r in rs),
+            "clipped ordinary steps": _median(r.get("clipped_ordinary") for r in rs),
+            "skipped steps": _median(r.get("skipped_steps") for r in rs),
+        })
+    return out
+
+
+def _fmt(x) -> str:
+    if isinstance(x, float):
+        if not np.isfinite(x):
+            return "–"
+        return f"{x:.3g}" if abs(x) >= 0.01 or x == 0 else f"{x:.2e}"
+    return str(x)
+
+
+def markdown(table: list[dict], spec: Spec) -> str:
+    head = list(table[0])
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table:
+        cells = [_fmt(row[k]) if k != "clipped ordinary steps" or not np.isfinite(row[k])
+                 else f"{row[k]:.0%}" for k in head]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(rows: list[dict], columns: list[str]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: _fmt(v) if isinstance(v, float) else v for k, v in r.items()})
+    return buf.getvalue()
+
+
+def report(spec: Spec, page: str | Path | None = None) -> list[dict]:
+    """Write OUT/../results.csv (per run), summary.csv/.md (per cell) and sweep.png next to
+    the spec; fill the page's `<!-- measured:sweep -->` block when given."""
+    from minitrain.compare import update_page
+    from minitrain.plots import sweep_picture
+
+    rows = collect(spec)
+    table = cell_table(rows)
+    where = spec.path.parent
+    (where / "results.csv").write_text(to_csv(rows, COLUMNS), encoding="utf-8")
+    (where / "summary.csv").write_text(to_csv(table, list(table[0])), encoding="utf-8")
+    text = markdown(table, spec)
+    (where / "summary.md").write_text(text, encoding="utf-8")
+    sweep_picture(rows, where / "sweep.png")
+    if page:
+        update_page(page, "sweep", text)
+    return table

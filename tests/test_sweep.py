@@ -1,0 +1,108 @@
+"""The sweep (run, resume, summarise, bad specs) and diagnose on a corpus whose rare word is
+not "written", built here, with no change to any code."""
+
+import csv
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+from minitrain import config, sweep
+from minitrain.corpus import read_sentences
+from minitrain.diagnose import diagnose
+from minitrain.train import train
+
+COMPASS = ["The old compass pointed north across the frozen lake.",
+           "Grandpa kept a brass compass in his coat pocket.",
+           "Without a compass the hikers followed the river.",
+           "The sailor checked the compass before every turn.",
+           "A small compass hung from the zipper of her bag."]
+
+
+def test_diagnose_names_another_rare_word(tmp_path):
+    """The shipped corpus without its "written" sentences, plus five "compass" ones: the
+    arrival regime, shortened, and diagnose finds the step, batch, piece, word and rows."""
+    lines = [s for s in read_sentences(ROOT / "corpus/train.txt") if "written" not in s]
+    for i, s in zip((30, 70, 110, 150, 195), COMPASS):
+        lines.insert(i, s)
+    (tmp_path / "train.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = config.load(ROOT / "experiments/19-break-no-clip/config.yaml", [
+        f"data.train={tmp_path / 'train.txt'}", "data.tracked_words=[compass]",
+        "train.steps=450", "data.arrive_step=400", "model.n_layer=1"])
+    train(cfg, tmp_path / "run", progress=False)
+    result = diagnose(tmp_path / "run")
+    (spike,) = [s for s in result["spikes"] if s["step"] == 400]
+    assert sorted(spike["batch"]["texts"][:5]) == sorted(COMPASS)
+    top = spike["loss_carriers"][0]
+    assert top["piece"] == "▁compass" and top["words"] == ["compass"]
+    assert top["usual_loss"] is None  # never a target before it arrived
+    assert spike["norm_carriers"]["embedding_rows"][0]["piece"] == "▁compass"
+    head = [m for m in spike["moments"] if m["table"] == "head"][0]
+    assert head["piece"] == "▁compass" and head["v_jump"] > 10
+    assert all(s["step"] >= 400 for s in result["spikes"])  # nothing flagged before it
+
+
+SPEC = """\
+base: {base}
+seeds: [1, 2]
+jobs: 2
+out: {out}
+set:
+  - train.extra_logs=[]
+  - train.steps=160
+  - data.arrive_step=120
+  - model.n_layer=1
+  - model.n_embd=32
+  - model.n_head=2
+  - optimizer.warmup_steps=10
+cells:
+  no clip: []
+  clip 0.5: [optimizer.grad_clip=0.5]
+"""
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "minitrain", *args], capture_output=True,
+                          text=True, cwd=ROOT, timeout=300)
+
+
+def test_sweep_runs_resumes_and_summarises(tmp_path):
+    spec_path = tmp_path / "sweep.yaml"
+    spec_path.write_text(SPEC.format(base=ROOT / "experiments/19-break-no-clip/config.yaml",
+                                     out=tmp_path / "runs"), encoding="utf-8")
+    spec = sweep.load_spec(spec_path)
+    assert sweep.run(spec, log=lambda *_: None) == {"already done": 0, "completed": 4}
+    assert sweep.run(spec, log=lambda *_: None) == {"already done": 4}  # resumable
+    run = tmp_path / "runs/clip-0.5/seed-2"
+    assert (run / "metrics.jsonl").is_file() and not (run / "moments.jsonl").exists()
+    assert "seed: 2" in (run / "config.resolved.yaml").read_text()
+    table = sweep.report(spec)
+    assert [r["cell"] for r in table] == ["no clip", "clip 0.5"]
+    assert all(r["runs"] == 2 for r in table)
+    # clip 0.5 acts on most ordinary steps of this model; no clip on none
+    assert table[0]["clipped ordinary steps"] == 0 and table[1]["clipped ordinary steps"] > 0.5
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert len(rows) == 4 and {r["seed"] for r in rows} == {"1", "2"}
+    assert "| no clip | 2 |" in (tmp_path / "summary.md").read_text()
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("text,message", [
+    ("base: x.yaml\nseeds: 0\ncells: {a: []}\n", "seeds: expected a positive count"),
+    ("base: experiments/19-control/config.yaml\nseeds: 2\ncells: {a: [optimizer.lr=-1]}\n",
+     "optimizer.lr: must be > 0"),
+    ("base: experiments/19-control/config.yaml\nseeds: 2\ncells: []\n", "cells: expected"),
+    ("base: experiments/19-control/config.yaml\nseeds: 2\ncells: {a: []}\nworkers: 3\n",
+     "workers: unknown key"),
+])
+def test_bad_sweep_specs_are_one_line_errors(tmp_path, text, message):
+    (tmp_path / "s.yaml").write_text(text, encoding="utf-8")
+    proc = _cli("sweep", str(tmp_path / "s.yaml"))
+    assert proc.returncode == 2 and message in proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+
+
+def test_shipped_sweep_validates():
+    spec = sweep.load_spec(ROOT / "experiments/19-sweep/sweep.yaml")
+    assert len(spec.seeds) >= 20 and len(spec.cells) >= 7
