@@ -64,3 +64,9 @@ phase-19-report: phase-19 phase-19-ablations
 # speed against plain PyTorch; writes bench/results.md and bench/results.json
 bench *args:
     {{python}} -m minitrain.bench {{args}}
+
+# lab: the three clip modes on real phase-19 gradients; fills experiments/clip-geometry/README.md
+lab-clip-geometry:
+    {{python}} -m minitrain train experiments/clip-geometry/config.yaml --force --quiet
+    {{python}} -m minitrain.clip_geometry experiments/clip-geometry \
+      --page experiments/clip-geometry/README.md

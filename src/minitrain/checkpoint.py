@@ -65,6 +65,8 @@ def trim_logs(out: Path, steps: int) -> None:
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
     path = out / rundir.TOKEN_LOSSES
+    if not path.exists():  # not logged (train.extra_logs)
+        return
     records = rundir.read_token_losses(path)
     n = int(np.searchsorted(records["step"], steps))  # records are in step order
     with open(path, "r+b") as f:

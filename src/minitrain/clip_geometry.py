@@ -1,0 +1,227 @@
+"""The clip-geometry lab: what each clip mode does to real phase-19 gradients.
+
+Reads a run directory whose checkpoint holds Run B just before the rare batch arrives (the
+run stopped at `data.arrive_step`), rebuilds that batch from the checkpoint's sampler, and
+for the rare batch and the ten ordinary batches before it compares the three clip modes of
+`optim.clip_grads` at the same budget (each mode's threshold chosen so that the clipped
+global norm is `budget`): the cosine to the raw gradient, each tensor's share of the squared
+norm, and the size of each tensor's AdamW update when that clipped gradient is applied.
+
+python -m minitrain.clip_geometry RUN [--budget 1.0] [--fraction 0.25] [--page README.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from minitrain import checkpoint, optim, rundir
+from minitrain.compare import update_page
+from minitrain.config import ConfigError, from_dict
+from minitrain.corpus import read_sentences, sentences_with
+from minitrain.data import IGNORE, Sampler, encode_corpus, make_batch
+from minitrain.model import GPT, token_losses
+from minitrain.tokenizer import Tokenizer
+from minitrain.train import param_groups
+
+MODES = ("global", "per-tensor", "value")
+
+
+def _threshold_for(grads, mode: str, budget: float) -> float:
+    """The threshold at which `mode` leaves a global norm of `budget` (bisection; the clipped
+    norm grows with the threshold)."""
+    if mode == "global":
+        return budget
+    lo, hi = 0.0, max(float(g.abs().max()) if mode == "value" else float(g.norm())
+                      for g in grads)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if optim.clip_grads(grads, mid, mode).post_norm < budget:
+            lo = mid
+        else:
+            hi = mid
+    return (lo + hi) / 2
+
+
+def _flat(ts) -> torch.Tensor:
+    return torch.cat([t.flatten() for t in ts])
+
+
+class Lab:
+    """The model, optimizer and data of a run, restored at its checkpoint."""
+
+    def __init__(self, path: Path):
+        self.run = rundir.load_run(path)
+        cfg = self.cfg = from_dict(self.run.config, str(path / rundir.CONFIG))
+        sentences = read_sentences(cfg.data.train)
+        self.tok = Tokenizer.load(path / rundir.TOKENIZER)
+        self.enc = encode_corpus(self.tok, sentences, cfg.model.block_size, cfg.data.train)
+        rare = set().union(*(sentences_with(sentences, w) for w in cfg.data.tracked_words))
+        torch.manual_seed(cfg.seed)
+        self.model = GPT(cfg.model, self.tok.vocab_size)
+        groups, self.names = param_groups(self.model, cfg.optimizer.weight_decay)
+        self.opt = optim.build(cfg.optimizer, groups)
+        self.sampler = Sampler(len(self.enc), cfg.data.batch_size, cfg.data.sampler, cfg.seed,
+                               rare, cfg.data.arrive_step, cfg.data.arrive_gap)
+        self.step = checkpoint.load(path, {"model": self.model, "optimizer": self.opt,
+                                           "sampler": self.sampler})
+
+    def grads(self, ids: list[int]) -> list[torch.Tensor]:
+        batch = make_batch(self.enc, ids, self.tok.pad_id)
+        self.opt.zero_grad()
+        tl = token_losses(self.model(batch.x), batch.y, IGNORE)
+        (tl.sum() / (batch.y != IGNORE).sum()).backward()
+        return [p.grad.detach().clone() for p in self.opt.params]
+
+    def update_norms(self, clipped: list[torch.Tensor]) -> np.ndarray:
+        """Per-tensor L2 norm of the AdamW update this gradient would make (state untouched)."""
+        opt = copy.deepcopy(self.opt)
+        opt.grad_clip, opt.guard = None, optim.NormGuard()
+        before = [p.detach().clone() for p in opt.params]
+        for p, g in zip(opt.params, clipped):
+            p.grad = g
+        opt.step()
+        return np.array([float((p.detach() - b).norm()) for p, b in zip(opt.params, before)])
+
+
+def measure(path: Path, budget: float = 1.0, fraction: float = 0.25) -> dict:
+    """Each gradient clipped to a global norm of `budget`, and (second table) of `fraction`
+    times its own raw norm, so that ordinary gradients, far below the budget, are clipped
+    too."""
+    lab = Lab(path)
+    rare_ids = lab.sampler.next_ids()  # the batch the run would take next
+    past = lab.run.batches[max(0, lab.step - 10):lab.step]
+    out = {"step": lab.step, "budget": budget, "fraction": fraction, "names": lab.names,
+           "rare_ids": rare_ids, "batches": {}}
+    ordinary = [lab.grads(b["sentence_ids"]) for b in past]
+    out["batches"]["rare batch", "budget"] = [
+        _clip_all(lab, lab.grads(rare_ids), "budget", budget, fraction)]
+    for scale in ("budget", "fraction"):  # ordinary gradients sit far below the budget
+        out["batches"]["ordinary batches", scale] = [
+            _clip_all(lab, raw, scale, budget, fraction) for raw in ordinary]
+    return out
+
+
+def _clip_all(lab: Lab, raw: list[torch.Tensor], scale: str, budget: float,
+              fraction: float) -> dict:
+    flat = _flat(raw)
+    target = budget if scale == "budget" else fraction * float(flat.norm())
+    row = {"norm": float(flat.norm()), "target": target, "share_raw": _shares(raw),
+           "update_raw": lab.update_norms(raw)}
+    for mode in MODES:
+        th = _threshold_for(raw, mode, target)
+        res = optim.clip_grads(raw, th, mode)
+        row[mode] = {"threshold": th, "post_norm": res.post_norm,
+                     "cosine": float(torch.nn.functional.cosine_similarity(
+                         _flat(res.grads), flat, dim=0)),
+                     "share": _shares(res.grads), "update": lab.update_norms(res.grads)}
+    return row
+
+
+def _shares(ts) -> np.ndarray:
+    sq = np.array([float((t * t).sum()) for t in ts])
+    return sq / sq.sum()
+
+
+def tables(m: dict) -> str:
+    """The lab page's measured block."""
+    lines = [f"Model restored after step {m['step']}. Each mode's threshold is set so that the "
+             f"clipped global norm is the target: {m['budget']}, or {m['fraction']} x the raw "
+             "norm. Ordinary: mean over the 10 batches before.", "",
+             "| gradient | raw norm | target | mode | threshold | cosine to raw |",
+             "|---|---:|---:|---|---:|---:|"]
+    for (label, _), rows in m["batches"].items():
+        norm, target = np.mean([r["norm"] for r in rows]), np.mean([r["target"] for r in rows])
+        for mode in MODES:
+            th = np.mean([r[mode]["threshold"] for r in rows])
+            th = f"{th:.4g}" if target < norm else "none acts"
+            lines.append(f"| {label} | {norm:.3f} | {target:.3f} | {mode} | {th} | "
+                         f"{np.mean([r[mode]['cosine'] for r in rows]):.4f} |")
+    r = m["batches"]["rare batch", "budget"][0]
+    order = np.argsort(-r["share_raw"])[:6]
+    lines += ["", "Rare batch, the six tensors with the largest share of the squared norm: "
+              f"share of the squared gradient norm, and the AdamW update norm it makes "
+              f"(x 1e-3), raw and after each clip to {m['budget']}:", "",
+              "| tensor | share raw | share per-tensor | share value | update raw | "
+              "update global | update per-tensor | update value |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for i in order:
+        lines.append(
+            f"| {m['names'][i]} | {r['share_raw'][i]:.1%} | {r['per-tensor']['share'][i]:.1%}"
+            f" | {r['value']['share'][i]:.1%} | {1e3 * r['update_raw'][i]:.3f} | "
+            f"{1e3 * r['global']['update'][i]:.3f} | {1e3 * r['per-tensor']['update'][i]:.3f}"
+            f" | {1e3 * r['value']['update'][i]:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def picture(png: Path, budget: float = 1.0) -> None:
+    """Two 2-D tensors, A = (3, 1) and B = (0.3, 0.6), one gradient of global norm 3.2:
+    before (faded) and after each clip at the same budget."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    raw = [torch.tensor([3.0, 1.0]), torch.tensor([0.3, 0.6])]
+    fig, ax = plt.subplots(1, 3, figsize=(15, 3.6))
+    for panel, mode in zip(ax, MODES):
+        th = _threshold_for(raw, mode, budget)
+        res = optim.clip_grads(raw, th, mode)
+        cos = float(torch.nn.functional.cosine_similarity(_flat(res.grads), _flat(raw), dim=0))
+        for t, c, name in zip(range(2), ("tab:blue", "tab:orange"), ("A", "B")):
+            r, g = raw[t].numpy(), res.grads[t].numpy()
+            panel.annotate("", r, (0, 0), arrowprops=dict(arrowstyle="->", color=c, alpha=0.3))
+            panel.annotate("", g, (0, 0), arrowprops=dict(arrowstyle="->", color=c, lw=2))
+            panel.text(3.25, 0.02 + 0.13 * (1 - t), f"{name} ({r[0]:.2f}, {r[1]:.2f}) -> "
+                       f"({g[0]:.2f}, {g[1]:.2f})", color=c, fontsize=9, ha="right")
+        if mode == "global":
+            panel.add_patch(plt.Circle((0, 0), budget, fill=False, ls=":", color="0.5"))
+        elif mode == "per-tensor":  # each tensor's own ball
+            panel.add_patch(plt.Circle((0, 0), th, fill=False, ls=":", color="0.5"))
+        else:
+            panel.add_patch(plt.Rectangle((-th, -th), 2 * th, 2 * th, fill=False, ls=":",
+                                          color="0.5"))
+        panel.set_title(f"{mode}: threshold {th:.3f}, cosine to raw {cos:.3f}")
+        panel.set_xlim(-0.2, 3.3)
+        panel.set_ylim(-0.1, 1.3)
+        panel.set_aspect("equal")
+        panel.grid(alpha=0.3)
+    fig.suptitle(f"one gradient, two tensors A and B (faded: raw), clipped to global norm "
+                 f"{budget}")
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m minitrain.clip_geometry")
+    p.add_argument("run", type=Path)
+    p.add_argument("--budget", type=float, default=1.0, help="clipped global norm")
+    p.add_argument("--fraction", type=float, default=0.25,
+                   help="second target: this fraction of each gradient's raw norm")
+    p.add_argument("--page", type=Path)
+    args = p.parse_args(argv)
+    try:
+        if not args.budget > 0:
+            raise ConfigError("--budget: must be > 0")
+        if not 0 < args.fraction <= 1:
+            raise ConfigError("--fraction: must be in (0, 1]")
+        m = measure(args.run, args.budget, args.fraction)
+        text = tables(m)
+        picture(args.run / "clip-geometry.png", args.budget)
+        if args.page:
+            update_page(args.page, "clip-geometry", text)
+        print(text)
+    except (ConfigError, rundir.RunDirError, checkpoint.CheckpointError) as e:
+        print(f"minitrain: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
