@@ -1,4 +1,4 @@
-"""The command line: `minitrain train` and `minitrain compare`. Bad input is one line on stderr
+"""The command line: train, sweep, compare, diagnose, report. Bad input is one line on stderr
 and exit status 2, never a traceback."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from minitrain.corpus import CorpusError
 from minitrain.rundir import RunDirError
 
 USER_ERRORS = (ConfigError, CorpusError, RunDirError, CheckpointError)
+LABS = ("toy-rare-samples", "tabular-classifier", "depth-explosion")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +34,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("run_b")
     c.add_argument("--out", help="folder for the PNG (default: RUN_B)")
     c.add_argument("--page", help="Markdown page whose '<!-- measured:A-vs-B -->' block to fill")
+    w = sub.add_parser("sweep", help="run one config over a grid of values, in one process")
+    w.add_argument("config")
+    w.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                   help="values to run, e.g. --grid optimizer.grad_clip=null,1.0 (repeatable)")
+    w.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    w.add_argument("--out", required=True, help="folder for the run directories")
+    w.add_argument("--force", action="store_true", help="replace runs already there")
+    r = sub.add_parser("report", help="draw a lab's pictures and fill its page from its runs")
+    r.add_argument("lab", choices=LABS)
+    r.add_argument("runs", help="the folder holding the lab's run directories")
+    r.add_argument("--page", help="Markdown page whose measured blocks to fill")
     d = sub.add_parser("diagnose", help="find a run's spikes and what carried them")
     d.add_argument("run")
     d.add_argument("--json", action="store_true", help="print JSON instead of the report")
@@ -75,6 +87,17 @@ def main(argv: list[str] | None = None) -> int:
             from minitrain.compare import report
 
             report(args.run_a, args.run_b, args.out, args.page)
+            return 0
+        if args.command == "sweep":
+            from minitrain.sweep import sweep
+
+            sweep(args.config, args.out, args.grid, args.overrides, replace=args.force)
+            return 0
+        if args.command == "report":
+            from importlib import import_module
+
+            module = import_module("minitrain.labs." + args.lab.replace("-", "_"))
+            module.report(args.runs, args.page)
             return 0
         if args.command == "diagnose":
             from minitrain.diagnose import Thresholds, diagnose, print_report, to_json

@@ -78,7 +78,7 @@ def _words(pieces: list[str]) -> list[str]:
 def loss_carriers(run: Run, step: int, k: int = 6) -> list[dict]:
     """Target pieces carrying the most loss at `step`, against their usual loss before it, and
     the words they sit in."""
-    tok, tl = run.tokenizer(), run.token_losses()
+    tok, tl = run.decoder(), run.token_losses()
     now = tl[tl["step"] == step]
     past = tl[(tl["step"] < step) & (tl["step"] >= max(0, step - 200))]
     words: dict[int, set[str]] = {}
@@ -105,7 +105,7 @@ def norm_carriers(run: Run, step: int, k: int = 3) -> dict:
     """Parameter tensors and embedding rows by share of the squared pre-clip norm."""
     if step >= len(run.moments):
         return {}
-    mom, tok = run.moments[step], run.tokenizer()
+    mom, tok = run.moments[step], run.decoder()
     total = sum(t["grad_norm"] ** 2 for t in mom["tensors"].values()) or 1.0
     tensors = sorted(((n, t["grad_norm"] ** 2 / total) for n, t in mom["tensors"].items()),
                      key=lambda x: -x[1])[:k]
