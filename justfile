@@ -64,3 +64,29 @@ phase-19-report: phase-19 phase-19-ablations
 # speed against plain PyTorch; writes bench/results.md and bench/results.json
 bench *args:
     {{python}} -m minitrain.bench {{args}}
+
+# lab 1: the toy next-token model at 99:1 and 80:20, without and with the clip; pictures and page
+lab-toy-rare-samples:
+    {{python}} -m minitrain sweep experiments/toy-rare-samples/config.yaml \
+      --out experiments/toy-rare-samples/runs --force \
+      --grid data.rare_fraction=0.01,0.2 --grid optimizer.grad_clip=null,1.0
+    {{python}} -m minitrain report toy-rare-samples experiments/toy-rare-samples/runs \
+      --page experiments/toy-rare-samples/README.md
+
+# lab 2: the tabular classifier with and without the clip; table, plot and page
+lab-tabular:
+    {{python}} -m minitrain sweep experiments/tabular-classifier/config.yaml \
+      --out experiments/tabular-classifier/runs --force --grid optimizer.grad_clip=1.0,null
+    {{python}} -m minitrain report tabular-classifier experiments/tabular-classifier/runs \
+      --page experiments/tabular-classifier/README.md
+
+# lab 4: a deep MLP at depths 4, 16, 64, init gains 0.5, 1, 2, plain and residual + LayerNorm,
+# without and with the clip; per-layer gradient picture and page
+lab-depth:
+    {{python}} -m minitrain sweep experiments/depth-explosion/config.yaml \
+      --out experiments/depth-explosion/runs --force \
+      --grid model.n_layer=4,16,64 --grid model.init_gain=0.5,1,2 \
+      --grid model.residual=false,true --grid optimizer.grad_clip=null,1.0 \
+      --set model.layer_norm=true --set model.residual=false
+    {{python}} -m minitrain report depth-explosion experiments/depth-explosion/runs \
+      --page experiments/depth-explosion/README.md

@@ -1,0 +1,47 @@
+"""The small labs' reports: each reads the run directories a lab's recipe wrote, draws its
+pictures and fills the `measured` blocks of its page (compare.update_page). Nothing here trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from minitrain.rundir import Run, RunDirError, load_run
+
+
+def load_runs(folder: str | Path) -> list[Run]:
+    """Every run directory directly inside `folder`, by name."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunDirError(f"{folder}: no such folder of runs")
+    runs = [load_run(p) for p in sorted(folder.iterdir()) if (p / "summary.json").is_file()]
+    if not runs:
+        raise RunDirError(f"{folder}: holds no run directories")
+    return runs
+
+
+def fmt(x, digits: int = 3) -> str:
+    if x is None:
+        return "n/a"
+    if isinstance(x, str):
+        return x
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if not np.isfinite(x):
+        return "inf" if np.isinf(x) else "n/a"
+    return f"{x:.{digits}g}"
+
+
+def table(header: list[str], rows: list[list]) -> str:
+    """A Markdown table; numbers through `fmt`."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def clip_label(run: Run) -> str:
+    c = run.config["optimizer"]["grad_clip"]
+    return "no clip" if c is None else f"clip {c:g}"
