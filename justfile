@@ -83,10 +83,14 @@ lab-tabular:
 # lab 4: a deep MLP at depths 4, 16, 64, init gains 0.5, 1, 2, plain and residual + LayerNorm,
 # without and with the clip; per-layer gradient picture and page
 lab-depth:
-    {{python}} -m minitrain sweep experiments/depth-explosion/config.yaml \
-      --out experiments/depth-explosion/runs --force \
-      --grid model.n_layer=4,16,64 --grid model.init_gain=0.5,1,2 \
-      --grid model.residual=false,true --grid optimizer.grad_clip=null,1.0 \
-      --set model.layer_norm=true --set model.residual=false
-    {{python}} -m minitrain report depth-explosion experiments/depth-explosion/runs \
-      --page experiments/depth-explosion/README.md
+    #!/usr/bin/env bash
+    set -euo pipefail
+    runs=experiments/depth-explosion/runs
+    rm -rf "$runs"
+    for arch in "plain false" "res-ln true"; do
+      set -- $arch
+      {{python}} -m minitrain sweep experiments/depth-explosion/config.yaml --out "$runs/$1" \
+        --grid model.n_layer=4,16,64 --grid model.init_gain=0.5,1,2 \
+        --grid optimizer.grad_clip=null,1.0 --set model.residual=$2 --set model.layer_norm=$2
+    done
+    {{python}} -m minitrain report depth-explosion "$runs" --page experiments/depth-explosion/README.md

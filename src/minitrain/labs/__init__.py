@@ -11,11 +11,11 @@ from minitrain.rundir import Run, RunDirError, load_run
 
 
 def load_runs(folder: str | Path) -> list[Run]:
-    """Every run directory directly inside `folder`, by name."""
+    """Every run directory inside `folder` (at any depth), by path."""
     folder = Path(folder)
     if not folder.is_dir():
         raise RunDirError(f"{folder}: no such folder of runs")
-    runs = [load_run(p) for p in sorted(folder.iterdir()) if (p / "summary.json").is_file()]
+    runs = [load_run(p.parent) for p in sorted(folder.rglob("summary.json"))]
     if not runs:
         raise RunDirError(f"{folder}: holds no run directories")
     return runs
