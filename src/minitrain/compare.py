@@ -165,7 +165,10 @@ def markdown(result: dict) -> str:
 def update_page(page: str | Path, key: str, text: str) -> None:
     """Replace the block between `<!-- measured:KEY -->` and `<!-- /measured:KEY -->`."""
     page = Path(page)
-    src = page.read_text(encoding="utf-8")
+    try:
+        src = page.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{page}: cannot read the page: {e}") from None
     start, end = f"<!-- measured:{key} -->", f"<!-- /measured:{key} -->"
     if start not in src or end not in src:
         raise RunDirError(f"{page}: no '{start}' ... '{end}' block to fill")

@@ -127,10 +127,12 @@ class LayerProbe(Observer):
         weights = [self.model.inp.weight, *(lay.weight for lay in self.model.layers)]
         grads = torch.autograd.grad(loss, [*hidden, *weights])
         dh, dw = grads[: len(hidden)], grads[len(hidden):]
-        norm = torch.linalg.vector_norm
+        def norm(t):  # in float64: a plain net at gain 2 and depth 64 overflows float32 squares
+            return torch.linalg.vector_norm(t.detach().double())
+
         self.w.write({
             "updates": updates, "loss": float(loss.detach()),
-            "act_rms": [float(h.detach().pow(2).mean().sqrt()) for h in hidden],
+            "act_rms": [float(norm(h) / h.numel() ** 0.5) for h in hidden],
             "act_grad_norm": [float(norm(g)) for g in dh],
             "weight_grad_norm": [float(norm(g)) for g in dw],
         })
