@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from minitrain.compare import update_page
-from minitrain.labs import clip_label, fmt, load_runs, table
+from minitrain.labs import clip_label, load_runs, table
 from minitrain.rundir import CLASSES, LAYERS, Run
 
 

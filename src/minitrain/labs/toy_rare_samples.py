@@ -72,7 +72,8 @@ def measure(run: Run) -> dict:
     geo = run.log(GEOMETRY)
     jumps = norm_jumps(run)
     g = run.column("grad_norm_pre_clip")
-    m = {"run": run.name, "imbalance": imbalance(run), "clip": clip_label(run),
+    m = {"run": run.name, "path": str(run.path), "imbalance": imbalance(run),
+         "clip": clip_label(run),
          "rare steps": len(rare), "first rare step": int(rare[0]) if len(rare) else None,
          "norm at rare steps (median)": np.median(g[rare]) if len(rare) else np.nan,
          "norm at common steps (median)": np.median(g[common]),
@@ -164,8 +165,8 @@ def report(folder: str | Path, page: str | Path | None = None) -> list[dict]:
 
     runs = sorted(load_runs(folder), key=_order)
     results = [measure(r) for r in runs]
-    keys = list(dict.fromkeys(k for r in results for k in r if k not in ("run", "imbalance",
-                                                                          "clip")))
+    hidden = ("run", "path", "imbalance", "clip")
+    keys = list(dict.fromkeys(k for r in results for k in r if k not in hidden))
     text = table(["", *(f"{r['imbalance']} {r['clip']}" for r in results)],
                  [[k, *(r.get(k) for r in results)] for k in keys])
     for run in runs:
