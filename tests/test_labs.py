@@ -148,6 +148,12 @@ def test_toy_run_files(toy_runs):
     assert (run.path / "token_losses.bin").stat().st_size == 80 * 24
 
 
+def test_a_lab_report_refuses_another_labs_runs(toy_runs, capsys):
+    assert main(["report", "depth-explosion", str(toy_runs)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "this lab reads tabular/mlp runs" in err
+
+
 def test_toy_report_fills_the_page(toy_runs, tmp_path):
     from minitrain.labs import toy_rare_samples
 
@@ -184,6 +190,13 @@ def test_tabular_and_depth_runs(tmp_path):
     low, high = (depth_explosion.at_init(load_run(deep / f"init_gain={g}")) for g in (0.5, 2))
     assert low["backward gain per layer"] < 1 < high["backward gain per layer"]
     assert depth_explosion.report(deep)["runs"] == 2
+    # a resumed run first drops the records of steps after its checkpoint, sparse logs too
+    from minitrain.checkpoint import trim_logs
+
+    trim_logs(deep / "init_gain=0.5", 5)
+    run = load_run(deep / "init_gain=0.5")
+    assert [r["updates"] for r in run.log(LAYERS)] == [0, 1] and len(run.metrics) == 5
+    assert [r["step"] for r in run.log(CLASSES)] == [0]
 
 
 def test_old_run_directory_without_the_new_keys_still_loads(toy_runs, tmp_path):

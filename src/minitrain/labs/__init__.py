@@ -10,14 +10,20 @@ import numpy as np
 from minitrain.rundir import Run, RunDirError, load_run
 
 
-def load_runs(folder: str | Path) -> list[Run]:
-    """Every run directory inside `folder` (at any depth), by path."""
+def load_runs(folder: str | Path, data_kind: str, model_kind: str) -> list[Run]:
+    """Every run directory inside `folder` (at any depth), by path; each must be of the lab's
+    data and model kind."""
     folder = Path(folder)
     if not folder.is_dir():
         raise RunDirError(f"{folder}: no such folder of runs")
     runs = [load_run(p.parent) for p in sorted(folder.rglob("summary.json"))]
     if not runs:
         raise RunDirError(f"{folder}: holds no run directories")
+    for run in runs:
+        kinds = run.config["data"].get("kind", "corpus"), run.config["model"].get("kind", "gpt")
+        if kinds != (data_kind, model_kind):
+            raise RunDirError(f"{run.path}: a {kinds[0]}/{kinds[1]} run; this lab reads "
+                              f"{data_kind}/{model_kind} runs")
     return runs
 
 

@@ -61,7 +61,7 @@ def _key(run: Run):
 def report(folder: str | Path, page: str | Path | None = None) -> dict:
     from minitrain.labs import pictures
 
-    runs = sorted(load_runs(folder), key=_key)
+    runs = sorted(load_runs(folder, "tabular", "mlp"), key=_key)
     unclipped = [r for r in runs if r.config["optimizer"]["grad_clip"] is None]
     init_rows = []
     for r in unclipped:

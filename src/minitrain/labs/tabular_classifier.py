@@ -40,7 +40,8 @@ def norms(run: Run) -> dict:
 def report(folder: str | Path, page: str | Path | None = None) -> dict:
     from minitrain.labs import pictures
 
-    runs = sorted(load_runs(folder), key=lambda r: r.config["optimizer"]["grad_clip"] is None)
+    runs = sorted(load_runs(folder, "tabular", "mlp"),
+                  key=lambda r: r.config["optimizer"]["grad_clip"] is None)  # clip first
     per_run = {clip_label(r): epochs(r) for r in runs}
     labels = list(per_run)
     cols = ["batch loss (mean)", "train loss", "val loss", "accuracy"]

@@ -163,7 +163,7 @@ def _order(run: Run):
 def report(folder: str | Path, page: str | Path | None = None) -> list[dict]:
     from minitrain.labs import pictures
 
-    runs = sorted(load_runs(folder), key=_order)
+    runs = sorted(load_runs(folder, "toy-tokens", "embed-linear"), key=_order)
     results = [measure(r) for r in runs]
     hidden = ("run", "path", "imbalance", "clip")
     keys = list(dict.fromkeys(k for r in results for k in r if k not in hidden))
