@@ -72,10 +72,10 @@ SAMPLERS = ("random", "shuffle", "spread", "arrival", "arrival-seen", "arrival-s
 class ModelConfig:
     kind: str = "gpt"  # gpt | embed-linear (embedding -> linear head) | mlp (see minitrain.zoo)
     n_layer: int = 2  # mlp: hidden layers
-    n_head: int = 4
+    n_head: int = 4  # gpt only
     n_embd: int = 64  # embed-linear: embedding size; mlp: hidden width
-    block_size: int = 32  # longest sentence in tokens, BOS/EOS included
-    tie_weights: bool = True  # head shares the token embedding matrix
+    block_size: int = 32  # gpt only: longest sentence in tokens, BOS/EOS included
+    tie_weights: bool = True  # gpt only: head shares the token embedding matrix
     residual: bool = False  # mlp: x + f(x) around each hidden layer
     layer_norm: bool = False  # mlp: LayerNorm before each hidden layer
     init_gain: float = 1.0  # mlp: weights ~ N(0, gain^2 * 2 / fan_in); 1 = He init

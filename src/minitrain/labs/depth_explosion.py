@@ -44,7 +44,10 @@ def training(run: Run) -> dict:
     whole = run.column("train_loss")
     cls = run.log(CLASSES)
     finite = whole[np.isfinite(whole)]
+    last = run.log(LAYERS)[-1]
+    dh = _vals(last["act_grad_norm"])
     return {"status": run.summary["status"],
+            "|dL/dh| input / output side, last probe": dh[0] / dh[-1] if dh[-1] else np.nan,
             "final train loss": finite[-1] if len(finite) and
             run.summary["status"] == "completed" else np.nan,
             "final accuracy": cls[-1]["accuracy"] if cls else np.nan,
