@@ -42,9 +42,12 @@ def fmt(x, digits: int = 3) -> str:
 
 
 def table(header: list[str], rows: list[list]) -> str:
-    """A Markdown table; numbers through `fmt`."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    """A Markdown table; numbers through `fmt`, a `|` inside a cell escaped."""
+    def cell(v) -> str:
+        return fmt(v).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
 

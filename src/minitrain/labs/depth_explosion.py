@@ -32,9 +32,9 @@ def at_init(run: Run) -> dict:
     with np.errstate(all="ignore"):
         gain = (dh[0] / dh[-1]) ** (1 / L) if L else np.nan
     g0 = run.column("grad_norm_pre_clip")[0]
-    return {"|dL/dh| input side": dh[0], "|dL/dh| output side": dh[-1],
+    return {"norm dL/dh, input side": dh[0], "norm dL/dh, output side": dh[-1],
             "backward gain per layer": gain,
-            "|dL/dW| first / last layer": dw[0] / dw[-1] if dw[-1] else np.nan,
+            "norm dL/dW, first / last layer": dw[0] / dw[-1] if dw[-1] else np.nan,
             "output RMS": _vals(rec["act_rms"])[-1],
             "grad norm at step 0": g0 if np.isfinite(g0) else np.inf}
 
@@ -47,7 +47,7 @@ def training(run: Run) -> dict:
     last = run.log(LAYERS)[-1]
     dh = _vals(last["act_grad_norm"])
     return {"status": run.summary["status"],
-            "|dL/dh| input / output side, last probe": dh[0] / dh[-1] if dh[-1] else np.nan,
+            "dL/dh input / output side, last probe": dh[0] / dh[-1] if dh[-1] else np.nan,
             "final train loss": finite[-1] if len(finite) and
             run.summary["status"] == "completed" else np.nan,
             "final accuracy": cls[-1]["accuracy"] if cls else np.nan,

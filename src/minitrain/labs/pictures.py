@@ -93,21 +93,22 @@ def toy_trajectories(runs: list[Run], rares: list[np.ndarray], png: Path) -> Non
     _save(fig, png)
 
 
-def tabular_curves(runs: list[Run], png: Path) -> None:
+def tabular_curves(runs: list[Run], per_epoch: dict[str, list[dict]], png: Path) -> None:
+    """Loss and accuracy at each epoch's end (from tabular_classifier.epochs), norm per step."""
     fig, ax = plt.subplots(1, 3, figsize=(15, 4.5))
     for run in runs:
-        cls = run.log(CLASSES)
-        steps = [c["step"] for c in cls]
-        whole = run.column("train_loss")
-        ax[0].plot(steps, whole[steps], marker="o", ms=3, label=f"{clip_label(run)} train")
-        ax[0].plot(steps, run.column("val_loss")[steps], ls="--", label=f"{clip_label(run)} val")
-        ax[1].plot(steps, [c["accuracy"] for c in cls], marker="o", ms=3, label=clip_label(run))
+        rows = per_epoch[clip_label(run)]
+        e = [r["epoch"] for r in rows]
+        ax[0].plot(e, [r["train loss"] for r in rows], marker="o", ms=3,
+                   label=f"{clip_label(run)} train")
+        ax[0].plot(e, [r["val loss"] for r in rows], ls="--", label=f"{clip_label(run)} val")
+        ax[1].plot(e, [r["accuracy"] for r in rows], marker="o", ms=3, label=clip_label(run))
         ax[2].semilogy(run.column("grad_norm_pre_clip"), lw=0.7, label=f"{clip_label(run)} pre")
-    ax[0].set_title("whole-set loss per epoch")
-    ax[1].set_title("training-set accuracy per epoch")
+    ax[0].set_title("whole-set loss at the end of each epoch")
+    ax[1].set_title("training-set accuracy at the end of each epoch")
     ax[2].set_title("pre-clip gradient norm per step (log)")
-    for a in ax:
-        a.set_xlabel("step")
+    for a, xlabel in zip(ax, ("epoch", "epoch", "step")):
+        a.set_xlabel(xlabel)
         a.legend(fontsize=7)
     _save(fig, png)
 

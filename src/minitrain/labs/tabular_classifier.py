@@ -62,7 +62,7 @@ def report(folder: str | Path, page: str | Path | None = None) -> dict:
     text_probs = table(["run", "row", "true class", *(f"P({c})" for c in names), "predicted"],
                        prob_rows)
     png = Path(folder) / "curves.png"
-    pictures.tabular_curves(runs, png)
+    pictures.tabular_curves(runs, per_run, png)
     stats = runs[0].summary
     text_data = table(["", "value"], [
         ["training rows", runs[0].config["data"]["n_samples"]],
