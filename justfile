@@ -68,5 +68,25 @@ bench *args:
 # lab: the three clip modes on real phase-19 gradients; fills experiments/clip-geometry/README.md
 lab-clip-geometry:
     {{python}} -m minitrain train experiments/clip-geometry/config.yaml --force --quiet
-    {{python}} -m minitrain.clip_geometry experiments/clip-geometry \
+    {{python}} -m minitrain report clip-geometry experiments/clip-geometry \
       --page experiments/clip-geometry/README.md
+
+# lab 1: the toy next-token model at 99:1 and 80:20, without and with the clip; pictures and page
+lab-toy-rare-samples:
+    {{python}} -m minitrain sweep experiments/toy-rare-samples/sweep.yaml --force
+    {{python}} -m minitrain report toy-rare-samples experiments/toy-rare-samples/runs \
+      --page experiments/toy-rare-samples/README.md
+
+# lab 2: the tabular classifier with and without the clip; table, plot and page
+lab-tabular:
+    {{python}} -m minitrain sweep experiments/tabular-classifier/sweep.yaml --force
+    {{python}} -m minitrain report tabular-classifier experiments/tabular-classifier/runs \
+      --page experiments/tabular-classifier/README.md
+
+# lab 4: a deep MLP at depths 4, 16, 64, init gains 0.5, 1, 2, plain and residual + LayerNorm,
+# without and with the clip; per-layer gradient picture and page
+lab-depth:
+    rm -rf experiments/depth-explosion/runs
+    {{python}} -m minitrain sweep experiments/depth-explosion/sweep.yaml
+    {{python}} -m minitrain report depth-explosion experiments/depth-explosion/runs \
+      --page experiments/depth-explosion/README.md

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from minitrain import clip_geometry, config
+from minitrain import config
+from minitrain.labs import clip_geometry
 from minitrain.rundir import load_run
 from minitrain.train import train
 

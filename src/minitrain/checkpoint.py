@@ -5,6 +5,7 @@ and plain data only, so loading one never runs code (torch.load(weights_only=Tru
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -64,6 +65,15 @@ def trim_logs(out: Path, steps: int) -> None:
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
+    for name in (rundir.CLASSES, rundir.GEOMETRY, rundir.LAYERS):  # sparse logs: by step
+        path = out / name
+        if path.exists():
+            rows = rundir.read_jsonl(path)
+            keep = [r for r in rows if r.get("step", r.get("updates", 0) - 1) < steps]
+            tmp = path.with_suffix(path.suffix + ".tmp")
+            tmp.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in keep),
+                           encoding="utf-8")
+            os.replace(tmp, path)
     path = out / rundir.TOKEN_LOSSES
     if not path.exists():  # not logged (train.extra_logs)
         return

@@ -1,4 +1,4 @@
-"""The command line: `minitrain train` and `minitrain compare`. Bad input is one line on stderr
+"""The command line: train, sweep, compare, diagnose, report. Bad input is one line on stderr
 and exit status 2, never a traceback."""
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from minitrain.corpus import CorpusError
 from minitrain.rundir import RunDirError
 
 USER_ERRORS = (ConfigError, CorpusError, RunDirError, CheckpointError)
+LABS = ("toy-rare-samples", "tabular-classifier", "clip-geometry", "depth-explosion")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,6 +34,10 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("run_b")
     c.add_argument("--out", help="folder for the PNG (default: RUN_B)")
     c.add_argument("--page", help="Markdown page whose '<!-- measured:A-vs-B -->' block to fill")
+    r = sub.add_parser("report", help="draw a lab's pictures and fill its page from its runs")
+    r.add_argument("lab", choices=LABS)
+    r.add_argument("runs", help="the folder holding the lab's run directories")
+    r.add_argument("--page", help="Markdown page whose measured blocks to fill")
     d = sub.add_parser("diagnose", help="find a run's spikes and what carried them")
     d.add_argument("run")
     d.add_argument("--json", action="store_true", help="print JSON instead of the report")
@@ -51,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--report-only", action="store_true",
                    help="do not train: summarise the runs already there")
     w.add_argument("--page", help="Markdown page whose '<!-- measured:sweep -->' block to fill")
+    w.add_argument("--force", action="store_true", help="rerun runs that are already done")
     return p
 
 
@@ -84,6 +90,12 @@ def main(argv: list[str] | None = None) -> int:
 
             report(args.run_a, args.run_b, args.out, args.page)
             return 0
+        if args.command == "report":
+            from importlib import import_module
+
+            module = import_module("minitrain.labs." + args.lab.replace("-", "_"))
+            module.report(args.runs, args.page)
+            return 0
         if args.command == "diagnose":
             from minitrain.diagnose import diagnose, print_report, to_json
 
@@ -109,11 +121,12 @@ def main(argv: list[str] | None = None) -> int:
                     raise ConfigError("--jobs: must be at least 1")
                 spec.jobs = args.jobs
             if not args.report_only:
-                sweep.run(spec)
-            table = sweep.report(spec, args.page)
-            print(sweep.markdown(table, spec))
-            print(f"per run: {spec.path.parent / 'results.csv'}; "
-                  f"picture: {spec.path.parent / 'sweep.png'}")
+                sweep.run(spec, force=args.force)
+            if spec.summary:
+                table = sweep.report(spec, args.page)
+                print(sweep.markdown(table, spec))
+                print(f"per run: {spec.path.parent / 'results.csv'}; "
+                      f"picture: {spec.path.parent / 'sweep.png'}")
             return 0
     except KeyboardInterrupt:
         return 130

@@ -40,7 +40,7 @@ def spike_step(a: Run, b: Run) -> int | None:
 
 def sentence_texts(run: Run, step: int) -> list[tuple[int, str]]:
     """(sentence id, text) for each row of a step's batch, rebuilt from the logged token ids."""
-    tok, tl = run.tokenizer(), run.token_losses(step)
+    tok, tl = run.decoder(), run.token_losses(step)
     texts = []
     for row in sorted(set(tl["row"].tolist())):
         recs = tl[tl["row"] == row]
@@ -52,7 +52,7 @@ def sentence_texts(run: Run, step: int) -> list[tuple[int, str]]:
 
 def top_tokens(run: Run, step: int, k: int = 8) -> list[tuple[str, float, int]]:
     """(piece, summed loss, count) of the targets carrying most loss at `step`."""
-    tok, tl = run.tokenizer(), run.token_losses(step)
+    tok, tl = run.decoder(), run.token_losses(step)
     sums: dict[int, list] = {}
     for t, loss in zip(tl["target"].tolist(), tl["loss"].tolist()):
         s = sums.setdefault(t, [0.0, 0])
@@ -172,7 +172,10 @@ def markdown(result: dict) -> str:
 def update_page(page: str | Path, key: str, text: str) -> None:
     """Replace the block between `<!-- measured:KEY -->` and `<!-- /measured:KEY -->`."""
     page = Path(page)
-    src = page.read_text(encoding="utf-8")
+    try:
+        src = page.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{page}: cannot read the page: {e}") from None
     start, end = f"<!-- measured:{key} -->", f"<!-- /measured:{key} -->"
     if start not in src or end not in src:
         raise RunDirError(f"{page}: no '{start}' ... '{end}' block to fill")

@@ -22,6 +22,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
+    kind: str = "corpus"  # see DATA_KINDS and minitrain.datasets
     train: str = "corpus/train.txt"  # one sentence per line; line number = sentence id
     val: str = "corpus/val.txt"
     vocab_size: int = 320  # BPE vocabulary, special tokens included
@@ -30,9 +31,17 @@ class DataConfig:
     tracked_words: list[str] = field(default_factory=lambda: ["written"])
     arrive_step: int = 0  # arrival samplers: the step the tracked sentences arrive
     arrive_gap: int = 25  # arrival-spread: steps between two arriving sentences
+    # synthetic kinds (toy-tokens, tabular): drawn once from `seed`
+    n_samples: int = 1000  # training examples
+    n_val: int = 200  # held-out examples (val_loss)
+    rare_fraction: float = 0.01  # toy-tokens: share of examples involving B (0.01 = 99:1)
+    n_features: int = 10  # tabular: columns, standardised to zero mean and unit variance
+    n_classes: int = 3  # tabular: classes
 
     def check(self, where):
-        if self.vocab_size < 64:
+        if self.kind not in DATA_KINDS:
+            raise where("data.kind", f"must be one of {', '.join(DATA_KINDS)}")
+        if self.kind == "corpus" and self.vocab_size < 64:
             raise where("data.vocab_size", "must be at least 64")
         if self.batch_size < 1:
             raise where("data.batch_size", "must be at least 1")
@@ -42,26 +51,46 @@ class DataConfig:
             raise where("data.arrive_step", "must be >= 0")
         if self.arrive_gap < 1:
             raise where("data.arrive_gap", "must be at least 1")
+        if self.n_samples < 10:
+            raise where("data.n_samples", "must be at least 10")
+        if self.n_val < 1:
+            raise where("data.n_val", "must be at least 1")
+        if not 0 < self.rare_fraction < 1:
+            raise where("data.rare_fraction", "must be in (0, 1)")
+        if self.n_features < 1:
+            raise where("data.n_features", "must be at least 1")
+        if self.n_classes < 2:
+            raise where("data.n_classes", "must be at least 2")
 
 
 OPTIMIZERS = ("adamw", "sgd")
 CLIP_MODES = ("global", "per-tensor", "value")
+DATA_KINDS = ("corpus", "toy-tokens", "tabular")
+MODEL_KINDS = ("gpt", "embed-linear", "mlp")
 SAMPLERS = ("random", "shuffle", "spread", "arrival", "arrival-seen", "arrival-spread")
 
 
 @dataclass
 class ModelConfig:
-    n_layer: int = 2
-    n_head: int = 4
-    n_embd: int = 64
-    block_size: int = 32  # longest sentence in tokens, BOS/EOS included
-    tie_weights: bool = True  # head shares the token embedding matrix
+    kind: str = "gpt"  # gpt | embed-linear (embedding -> linear head) | mlp (see minitrain.zoo)
+    n_layer: int = 2  # mlp: hidden layers
+    n_head: int = 4  # gpt only
+    n_embd: int = 64  # embed-linear: embedding size; mlp: hidden width
+    block_size: int = 32  # gpt only: longest sentence in tokens, BOS/EOS included
+    tie_weights: bool = True  # gpt only: head shares the token embedding matrix
+    residual: bool = False  # mlp: x + f(x) around each hidden layer
+    layer_norm: bool = False  # mlp: LayerNorm before each hidden layer
+    init_gain: float = 1.0  # mlp: weights ~ N(0, gain^2 * 2 / fan_in); 1 = He init
 
     def check(self, where):
+        if self.kind not in MODEL_KINDS:
+            raise where("model.kind", f"must be one of {', '.join(MODEL_KINDS)}")
         for key in ("n_layer", "n_head", "n_embd", "block_size"):
             if getattr(self, key) < 1:
                 raise where(f"model.{key}", "must be at least 1")
-        if self.n_embd % self.n_head:
+        if not (self.init_gain > 0 and math.isfinite(self.init_gain)):
+            raise where("model.init_gain", "must be a positive number")
+        if self.kind == "gpt" and self.n_embd % self.n_head:
             raise where("model.n_embd", f"must be divisible by model.n_head ({self.n_head})")
 
 
@@ -205,6 +234,10 @@ def from_dict(raw: dict, source: str = "<config>") -> Config:
     cfg = _build(Config, raw, "", where)
     for section in (cfg.data, cfg.model, cfg.optimizer, cfg.train, cfg.diagnose):
         section.check(where)
+    # features are numbers, not token ids: only the mlp reads them, and it reads nothing else
+    if (cfg.model.kind == "mlp") != (cfg.data.kind == "tabular"):
+        raise where("model.kind", f"{cfg.model.kind!r} cannot read data.kind "
+                    f"{cfg.data.kind!r} (mlp goes with tabular, and only with it)")
     return cfg
 
 

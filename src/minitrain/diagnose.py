@@ -85,7 +85,7 @@ def loss_carriers(run: Run, step: int, k: int = 6) -> list[dict]:
     tl = run.token_losses()
     if not len(tl):  # not logged (train.extra_logs)
         return []
-    tok = run.tokenizer()
+    tok = run.decoder()
     now = tl[tl["step"] == step]
     past = tl[(tl["step"] < step) & (tl["step"] >= max(0, step - 200))]
     words: dict[int, set[str]] = {}
@@ -112,7 +112,7 @@ def norm_carriers(run: Run, step: int, k: int = 3) -> dict:
     """Parameter tensors and embedding rows by share of the squared pre-clip norm."""
     if step >= len(run.moments):
         return {}
-    mom, tok = run.moments[step], run.tokenizer()
+    mom, tok = run.moments[step], run.decoder()
     total = sum(t["grad_norm"] ** 2 for t in mom["tensors"].values()) or 1.0
     tensors = sorted(((n, t["grad_norm"] ** 2 / total) for n, t in mom["tensors"].items()),
                      key=lambda x: -x[1])[:k]

@@ -142,7 +142,8 @@ class TokenLossLog(Observer):
         rec["row"] = rows.numpy()
         rec["sentence"] = np.asarray(r.batch.sentence_ids)[rows.numpy()]
         rec["pos"] = pos.numpy()
-        rec["token"] = r.batch.x[rows, pos].numpy()
+        x = r.batch.x  # token ids; tabular rows hold features, which are no token: -1
+        rec["token"] = -1 if x.is_floating_point() else x[rows, pos].numpy()
         rec["target"] = y[rows, pos].numpy()
         rec["loss"] = r.token_loss.detach()[rows, pos].numpy()
         self.w.write(rec)
@@ -176,7 +177,7 @@ class MomentLog(Observer):
             for n, v, vm in zip(self.names, v_norms, v_max):
                 tensors[n].update(v_norm=v, v_max=vm)
         tracked = {p: {"id": i} for p, i in self.tracked.items()}
-        top = None
+        top = ([], [])  # a model without a vocabulary table has no rows to rank
         for table, k in self.tables.items():
             grad, m = opt.params[k].grad, opt.m[k]
             row_norms = torch.linalg.vector_norm(grad, dim=1)

@@ -44,7 +44,8 @@ def compare_panels(a: Run, b: Run, step: int | None, png: Path) -> None:
         if step is not None:
             axis.axvline(step, color="gray", ls="--", lw=0.8)
         axis.set_xlabel("step")
-        axis.legend(fontsize=7)
+        if axis.get_legend_handles_labels()[0]:  # a tabular run has no tracked rows to plot
+            axis.legend(fontsize=7)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=90)

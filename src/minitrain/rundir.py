@@ -18,6 +18,8 @@ import yaml
 CONFIG, TOKENIZER, SUMMARY = "config.resolved.yaml", "tokenizer.json", "summary.json"
 METRICS, BATCHES, MOMENTS, TOKEN_LOSSES = (
     "metrics.jsonl", "batches.jsonl", "moments.jsonl", "token_losses.bin")
+# written only for some model and data kinds (minitrain.probes)
+CLASSES, GEOMETRY, LAYERS = "classes.jsonl", "geometry.jsonl", "layers.jsonl"
 
 # One record per scored position: which step, which sentence, where, what, and how wrong.
 TOKEN_LOSS_DTYPE = np.dtype([("step", "<u4"), ("row", "<u2"), ("pos", "<u2"), ("sentence", "<i4"),
@@ -74,7 +76,15 @@ def write_json_atomic(path: Path, obj: dict) -> None:
 
 
 CHECKPOINT = "checkpoint.pt"
-RUN_FILES = (CONFIG, TOKENIZER, SUMMARY, METRICS, BATCHES, MOMENTS, TOKEN_LOSSES, CHECKPOINT)
+RUN_FILES = (CONFIG, TOKENIZER, SUMMARY, METRICS, BATCHES, MOMENTS, TOKEN_LOSSES, CHECKPOINT,
+             CLASSES, GEOMETRY, LAYERS)
+# keys added to the config after runs were written with it: an older run lacks them, and reads
+# as their defaults
+ADDED_KEYS = {"data.kind", "data.n_samples", "data.n_val", "data.rare_fraction",
+              "data.n_features", "data.n_classes", "model.kind", "model.residual",
+              "model.layer_norm", "model.init_gain", "optimizer.momentum",
+              "optimizer.clip_mode", "optimizer.clip_z", "optimizer.skip_z",
+              "optimizer.norm_ema", "train.extra_logs", "diagnose"}
 
 
 def prepare(out: Path, replace: bool = False) -> Path:
@@ -97,6 +107,10 @@ REQUIRED = {
               "update_norm", "weight_norm", "train_loss", "val_loss", "tokens"),
     BATCHES: ("step", "sentence_ids", "words", "pieces"),
     MOMENTS: ("step", "tensors", "tracked", "top_grad_rows"),
+    CLASSES: ("step", "accuracy", "class_accuracy", "probs"),
+    GEOMETRY: ("step", "rows", "displacement", "angle_change_deg", "cosines",
+               "participation_ratio", "effective_rank"),
+    LAYERS: ("updates", "act_grad_norm", "weight_grad_norm"),
 }
 
 
@@ -171,6 +185,17 @@ class Run:
         return np.array([m["tracked"].get(piece, {}).get(table, {}).get("v_mean", np.nan)
                          for m in self.moments])
 
+    def log(self, name: str) -> list[dict]:
+        """An extra log (CLASSES, GEOMETRY, LAYERS); empty when this kind of run has none."""
+        path = self.path / name
+        return read_jsonl(path) if path.is_file() else []
+
+    def decoder(self):
+        """What turns ids back into text: the run's BPE for the corpus, else its vocabulary."""
+        if self.config.get("data", {}).get("kind", "corpus") == "corpus":
+            return self.tokenizer()
+        return Vocab(self.summary.get("vocab") or [])
+
     def tokenizer(self):
         from minitrain.tokenizer import Tokenizer
 
@@ -181,18 +206,28 @@ class Run:
             raise RunDirError(f"{self.path}: unreadable {TOKENIZER}: {first}") from None
 
 
-# keys the config gained after run directories were first written: an older run lacks them,
-# and it behaved as their defaults do
-LATER_KEYS = {"optimizer.momentum", "optimizer.clip_mode", "optimizer.clip_z",
-              "optimizer.skip_z", "optimizer.norm_ema", "train.extra_logs", "diagnose"}
+class Vocab:
+    """The names of a synthetic run's tokens or classes, with the tokenizer's reading methods."""
+
+    eos_id = pad_id = None
+
+    def __init__(self, names: list[str]):
+        self.names = names
+
+    def piece(self, i: int) -> str:
+        if i < 0:  # tabular rows: the input is features, not a token
+            return "(features)"
+        return self.names[i] if i < len(self.names) else str(i)
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(self.piece(i) for i in ids)
 
 
 def _missing_keys(shape: dict, raw: dict, prefix: str = "") -> list[str]:
     out = []
     for k, v in shape.items():
         if k not in raw:
-            if prefix + k not in LATER_KEYS:
-                out.append(prefix + k)
+            out.append(prefix + k)
         elif isinstance(v, dict):
             out += _missing_keys(v, raw[k], f"{prefix}{k}.")
     return out
@@ -202,7 +237,7 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     if not path.is_dir():
         raise RunDirError(f"{path}: not a run directory (does not exist)")
-    for name in (CONFIG, SUMMARY, METRICS, BATCHES, TOKENIZER):
+    for name in (CONFIG, SUMMARY, METRICS, BATCHES):
         if not (path / name).is_file():
             raise RunDirError(f"{path}: missing {name}; not a minitrain run, or it never started")
     from minitrain.config import Config, ConfigError, from_dict
@@ -210,7 +245,11 @@ def load_run(path: str | Path) -> Run:
     try:
         config = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))
         from_dict(config if isinstance(config, dict) else {"": None}, str(path / CONFIG))
-        missing = _missing_keys(Config().to_dict(), config)
+        missing = [k for k in _missing_keys(Config().to_dict(), config) if k not in ADDED_KEYS]
+        if config.get("data", {}).get("kind", "corpus") == "corpus" and \
+                not (path / TOKENIZER).is_file():
+            raise RunDirError(f"{path}: missing {TOKENIZER}; not a minitrain run, or it never "
+                              "started")
         if missing:  # the resolved config is written whole: a missing key means damage
             raise ConfigError(f"missing {', '.join(missing[:3])}")
     except (yaml.YAMLError, UnicodeDecodeError, ConfigError) as e:

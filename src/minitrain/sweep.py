@@ -1,16 +1,18 @@
-"""`minitrain sweep SPEC`: the same run over many seeds and settings, in parallel processes,
-resumable, summarised as one table (markdown + CSV) and one picture.
+"""`minitrain sweep SPEC`: one base config over many seeds and settings, in parallel
+processes, resumable, summarised as one table (markdown + CSV) and one picture.
 
-A spec (YAML) names a base config, the seeds, overrides for every run, and cells: each cell
-is a label and its own overrides. Runs go to OUT/<cell>/seed-<n>/, ordinary run directories.
-A run whose directory already holds a completed run of the same resolved config is not run
-again, so an interrupted sweep goes on where it stopped.
+A spec (YAML) names a base config and any of: seeds, overrides for every run (`set`), cells
+(label -> overrides) and a grid (key -> values, every combination). Runs go to
+OUT/<cell>/<grid point>/seed-<n>/, ordinary run directories (a level is left out when the
+spec has no cells, grid or seeds). A run whose directory already holds a completed run of the
+same resolved config is not run again, so an interrupted sweep goes on where it stopped.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import itertools
 import json
 import re
 import signal
@@ -30,11 +32,35 @@ from minitrain.config import ConfigError
 class Spec:
     path: Path
     base: Path
-    seeds: list[int]
+    seeds: list[int] | None  # None: the base config's own seed
     common: list[str]
     cells: dict[str, list[str]]  # label -> overrides
-    jobs: int
+    grid: list[tuple[str, list]]  # (key, values): every combination, within every cell
+    jobs: int  # 1: in this process
     out: Path
+    summary: bool  # write the arrival table and picture (phase-19-style runs)
+
+    def runs(self) -> list[tuple[str, list[str], Path]]:
+        """(cell label, overrides, run directory) for every run, in order."""
+        out = []
+        points = list(itertools.product(*(vs for _, vs in self.grid)))
+        for label, sets in self.cells.items():
+            for values in points:
+                point = [f"{k}={_yaml(v)}" for (k, _), v in zip(self.grid, values)]
+                name = "_".join(f"{k.split('.')[-1]}={_yaml(v)}"
+                                for (k, _), v in zip(self.grid, values))
+                where = self.out / slug(label) if label else self.out
+                where = where / name if name else where
+                full = f"{label} {name}".strip() or "run"
+                for seed in self.seeds or [None]:
+                    seed_set = [] if seed is None else [f"seed={seed}"]
+                    path = where / f"seed-{seed}" if seed is not None else where
+                    out.append((full, [*self.common, *sets, *point, *seed_set], path))
+        return out
+
+
+def _yaml(v) -> str:
+    return "null" if v is None else str(v).lower() if isinstance(v, bool) else str(v)
 
 
 def load_spec(path: str | Path) -> Spec:
@@ -51,19 +77,22 @@ def load_spec(path: str | Path) -> Spec:
 
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping")
-    known = {"base", "seeds", "set", "cells", "jobs", "out"}
+    known = {"base", "seeds", "set", "cells", "grid", "jobs", "out", "summary"}
     for key in raw:
         if key not in known:
             raise bad(key, f"unknown key (expected one of: {', '.join(sorted(known))})")
     seeds = raw.get("seeds")
     if isinstance(seeds, int) and not isinstance(seeds, bool) and seeds > 0:
         seeds = list(range(seeds))
-    if not (isinstance(seeds, list) and seeds and
-            all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
+    if seeds is not None and not (isinstance(seeds, list) and seeds and all(
+            isinstance(s, int) and not isinstance(s, bool) for s in seeds)):
         raise bad("seeds", "expected a positive count or a list of integers")
-    cells = raw.get("cells")
+    cells = raw.get("cells", {"": []})
     if not isinstance(cells, dict) or not cells:
         raise bad("cells", "expected a mapping of label -> list of key=value overrides")
+    grid = raw.get("grid", {})
+    if not isinstance(grid, dict) or not all(isinstance(v, list) and v for v in grid.values()):
+        raise bad("grid", "expected a mapping of key -> non-empty list of values")
     for label, sets in cells.items():
         if not isinstance(sets, list) or not all(isinstance(s, str) for s in sets):
             raise bad(f"cells.{label}", "expected a list of key=value strings")
@@ -75,23 +104,19 @@ def load_spec(path: str | Path) -> Spec:
         raise bad("jobs", "expected a positive integer")
     if not isinstance(raw.get("base"), str):
         raise bad("base", "expected the path of a run config")
-    spec = Spec(path, Path(raw["base"]), seeds, common, {str(k): v for k, v in cells.items()},
-                jobs, Path(raw.get("out", path.parent / "runs")))
-    for label in spec.cells:  # every run's config is validated before any starts
-        config_mod.load(spec.base, _overrides(spec, label, spec.seeds[0]))
+    if not isinstance(raw.get("summary", True), bool):
+        raise bad("summary", "expected true or false")
+    spec = Spec(path, Path(raw["base"]), seeds, common,
+                {str(k) if k is not None else "": v for k, v in cells.items()},
+                [(str(k), v) for k, v in grid.items()], jobs,
+                Path(raw.get("out", path.parent / "runs")), raw.get("summary", True))
+    for _, overrides, _ in spec.runs():  # every run's config is validated before any starts
+        config_mod.load(spec.base, overrides)
     return spec
-
-
-def _overrides(spec: Spec, label: str, seed: int) -> list[str]:
-    return [*spec.common, *spec.cells[label], f"seed={seed}"]
 
 
 def slug(label: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", label.lower()).strip("-")
-
-
-def run_dir(spec: Spec, label: str, seed: int) -> Path:
-    return spec.out / slug(label) / f"seed-{seed}"
 
 
 def _done(out: Path, cfg) -> bool:
@@ -115,31 +140,31 @@ def _ignore_sigint():  # workers finish their run; the parent decides when to st
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def run(spec: Spec, log=print) -> dict[str, int]:
-    """Train every run of the spec not already done. Returns counts by outcome."""
-    todo = []
-    for label in spec.cells:
-        for seed in spec.seeds:
-            overrides = _overrides(spec, label, seed)
-            out = run_dir(spec, label, seed)
-            if not _done(out, config_mod.load(spec.base, overrides)):
-                todo.append((label, seed, overrides, out))
-    total = len(spec.cells) * len(spec.seeds)
-    counts = {"already done": total - len(todo)}
-    log(f"{spec.path}: {total} runs, {counts['already done']} already done, "
-        f"{len(todo)} to run on {spec.jobs} processes")
+def run(spec: Spec, log=print, force: bool = False) -> dict[str, int]:
+    """Train every run of the spec not already done (all of them with `force`). Returns
+    counts by outcome."""
+    runs = spec.runs()
+    todo = [(ov, out) for _, ov, out in runs
+            if force or not _done(out, config_mod.load(spec.base, ov))]
+    counts = {"already done": len(runs) - len(todo)}
+    log(f"{spec.path}: {len(runs)} runs, {counts['already done']} already done, "
+        f"{len(todo)} to run on {spec.jobs} process{'es' * (spec.jobs > 1)}")
+    if spec.jobs == 1:  # small runs: no process start-up, no pool
+        for i, (ov, out) in enumerate(todo, 1):
+            status = _train_one(str(spec.base), ov, str(out))
+            counts[status] = counts.get(status, 0) + 1
+            log(f"[{i}/{len(todo)}] {out}: {status}")
+        return counts
     import multiprocessing as mp
 
     pool = ProcessPoolExecutor(spec.jobs, mp_context=mp.get_context("spawn"),
                                initializer=_ignore_sigint)
-    futures = {pool.submit(_train_one, str(spec.base), ov, str(out)): (label, seed)
-               for label, seed, ov, out in todo}
+    futures = {pool.submit(_train_one, str(spec.base), ov, str(out)): out for ov, out in todo}
     try:
         for i, fut in enumerate(as_completed(futures), 1):
-            label, seed = futures[fut]
             status = fut.result()
             counts[status] = counts.get(status, 0) + 1
-            log(f"[{i}/{len(todo)}] {label} seed {seed}: {status}")
+            log(f"[{i}/{len(todo)}] {futures[fut]}: {status}")
     except KeyboardInterrupt:
         log("interrupted: runs in progress finish first; rerun the sweep to go on")
         pool.shutdown(wait=True, cancel_futures=True)
@@ -199,13 +224,12 @@ COLUMNS = ["cell", "seed", "status", "spiked", "diverged", "ratio", "whole_befor
 
 def collect(spec: Spec) -> list[dict]:
     rows = []
-    for label in spec.cells:
-        for seed in spec.seeds:
-            path = run_dir(spec, label, seed)
-            try:
-                rows.append({"cell": label, "seed": seed, **run_row(path)})
-            except rundir.RunDirError:
-                rows.append({"cell": label, "seed": seed, "status": "missing"})
+    for label, overrides, path in spec.runs():
+        seed = config_mod.load(spec.base, overrides).seed
+        try:
+            rows.append({"cell": label, "seed": seed, **run_row(path)})
+        except rundir.RunDirError:
+            rows.append({"cell": label, "seed": seed, "status": "missing"})
     return rows
 
 

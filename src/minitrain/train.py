@@ -10,24 +10,25 @@ from pathlib import Path
 
 import torch
 
-from minitrain import checkpoint, optim, rundir
+from minitrain import checkpoint, datasets, optim, rundir, zoo
 from minitrain import config as config_mod
 from minitrain import dist as ddp
 from minitrain.config import Config
-from minitrain.corpus import read_sentences, sentences_with
-from minitrain.data import IGNORE, Batch, Sampler, encode_corpus, make_batch
-from minitrain.model import GPT, token_losses
+from minitrain.data import IGNORE, Batch, Sampler
+from minitrain.model import token_losses
 from minitrain.observe import (
     BatchLog,
     MetricsLog,
     MomentLog,
+    Observer,
     Progress,
     StepRecord,
     TokenLossLog,
     WholeSetLoss,
 )
 from minitrain.optim import lr_at
-from minitrain.tokenizer import Tokenizer, exclusive_pieces
+from minitrain.probes import ClassProbe, EmbeddingGeometry, LayerProbe
+from minitrain.tokenizer import Tokenizer
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float):
@@ -38,6 +39,21 @@ def param_groups(model: torch.nn.Module, weight_decay: float):
     names = [n for n, p in named if p.dim() >= 2] + [n for n, p in named if p.dim() < 2]
     return [{"params": decay, "weight_decay": weight_decay},
             {"params": rest, "weight_decay": 0.0}], names
+
+
+def lab_probes(cfg: Config, ds: datasets.Dataset, model, out: Path,
+               start: int) -> list[Observer]:
+    """The extra observers of the synthetic kinds: class accuracy and probabilities for any
+    classifier, the embedding's geometry for the toy model, per-layer gradients for the MLP."""
+    if ds.names is None:
+        return []
+    t = cfg.train
+    probes = [ClassProbe(out, model, ds.full, ds.names, t.eval_every, t.steps)]
+    if cfg.model.kind == "embed-linear":
+        probes.append(EmbeddingGeometry(out, model.wte.weight, ds.names))
+    if cfg.model.kind == "mlp":
+        probes.append(LayerProbe(out, model, ds.full, t.eval_every, t.steps, at_init=not start))
+    return probes
 
 
 class StopOnCtrlC:
@@ -72,24 +88,16 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     torch.manual_seed(cfg.seed)
     torch.use_deterministic_algorithms(True)
 
-    # corpus -> tokenizer -> encoded sentences
-    sentences, val_sentences = read_sentences(cfg.data.train), read_sentences(cfg.data.val)
-    tok = Tokenizer.train(sentences, cfg.data.vocab_size)
-    enc = encode_corpus(tok, sentences, cfg.model.block_size, cfg.data.train)
-    enc_val = encode_corpus(tok, val_sentences, cfg.model.block_size, cfg.data.val)
-    tracked_sentences = {w: set(sentences_with(sentences, w)) for w in cfg.data.tracked_words}
-    pieces_of = {w: exclusive_pieces(tok, sentences, w) for w in cfg.data.tracked_words}
-    tracked_pieces = {tok.piece(p): p for ps in pieces_of.values() for p in ps}
-    rare_ids = set().union(*tracked_sentences.values()) if tracked_sentences else set()
-
-    model = GPT(cfg.model, tok.vocab_size)
+    # data (corpus -> tokenizer -> encoded sentences, or a synthetic kind) -> model
+    ds = datasets.build(cfg)
+    model = zoo.build(cfg.model, ds.n_in, ds.n_out)
     groups, names = param_groups(model, cfg.optimizer.weight_decay)
     o = cfg.optimizer
     opt = optim.build(o, groups)
-    sampler = Sampler(len(enc), cfg.data.batch_size, cfg.data.sampler, cfg.seed, rare_ids,
+    rare_ids = set().union(*ds.tracked.values()) if ds.tracked else set()
+    sampler = Sampler(ds.n, cfg.data.batch_size, cfg.data.sampler, cfg.seed, rare_ids,
                       cfg.data.arrive_step, cfg.data.arrive_gap)
-    full = make_batch(enc, list(range(len(enc))), tok.pad_id)
-    full_val = make_batch(enc_val, list(range(len(enc_val))), tok.pad_id)
+    tok = ds.tokenizer
 
     # the run directory: resolved config and tokenizer first, before step 0; rank 0 writes it
     dist = ddp.setup()
@@ -98,20 +106,17 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     if writer and not resume:
         out = rundir.prepare(out, replace)
         (out / rundir.CONFIG).write_text(config_mod.dump(cfg), encoding="utf-8")
-        tok.save(out / rundir.TOKENIZER)
-    elif resume and Tokenizer.load(out / rundir.TOKENIZER).hf.to_str() != tok.hf.to_str():
+        if tok is not None:
+            tok.save(out / rundir.TOKENIZER)
+    elif resume and tok is not None and \
+            Tokenizer.load(out / rundir.TOKENIZER).hf.to_str() != tok.hf.to_str():
         raise checkpoint.CheckpointError(f"{out}: its tokenizer.json is not this corpus's BPE")
     summary = {
         "status": "running", "steps_completed": 0, "steps_planned": cfg.train.steps,
-        "n_params": sum(p.numel() for p in model.parameters()), "vocab_size": tok.vocab_size,
-        "tracked_pieces": {w: [tok.piece(p) for p in ps] for w, ps in pieces_of.items()},
-        "tracked_sentences": {w: sorted(s) for w, s in tracked_sentences.items()},
+        "n_params": sum(p.numel() for p in model.parameters()), **ds.summary,
         "resumed_at_step": None, "world_size": dist.world,
     }
-    sets = {"train_loss": full, "val_loss": full_val}
-    tables = {"wte": model.wte.weight}
-    if not cfg.model.tie_weights:
-        tables["head"] = model.head.weight
+    sets = {"train_loss": ds.full, "val_loss": ds.full_val}
     dense = 100 if cfg.train.eval_dense else 0
     evaluator = WholeSetLoss(model, sets, cfg.train.steps, cfg.train.eval_every,
                              o.warmup_steps, dense=dense)
@@ -126,12 +131,12 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
         rundir.write_json_atomic(out / rundir.SUMMARY, summary)
     observers = []
     if cfg.train.instrument and writer:
-        observers = [evaluator, MetricsLog(out, opt.params),
-                     BatchLog(out, tracked_sentences, tracked_pieces)]
+        observers = [evaluator, MetricsLog(out, opt.params), BatchLog(out, ds.tracked, ds.pieces)]
         if "token_losses" in cfg.train.extra_logs:
             observers.append(TokenLossLog(out))
         if "moments" in cfg.train.extra_logs:
-            observers.append(MomentLog(out, opt, names, tables, tracked_pieces))
+            observers.append(MomentLog(out, opt, names, zoo.vocab_tables(model), ds.pieces))
+        observers += lab_probes(cfg, ds, model, out, start)
     if progress and writer:
         observers.append(Progress(cfg.train.steps, out.name, start))
 
@@ -145,7 +150,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
                 # ---- the training step ----
                 opt.lr = lr_at(step, o.lr, o.warmup_steps, cfg.train.steps, o.min_lr_ratio)
                 ids = sampler.next_ids()  # the global batch; this process trains on its share
-                batch = make_batch(enc, dist.shard(ids), tok.pad_id)
+                batch = ds.batch(dist.shard(ids))
                 tl = token_losses(model(batch.x), batch.y, IGNORE)  # (B, T)
                 n_tokens = int(dist.total(int((batch.y != IGNORE).sum())))  # global batch
                 loss = tl.sum() / n_tokens
@@ -157,7 +162,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
                 # ---- end of the step; what follows only observes ----
                 step_s, tokens = step_s + step_ms / 1e3, tokens + n_tokens
                 rows = dist.gather_rows({"x": batch.x, "y": batch.y, "tl": tl},
-                                        {"x": tok.pad_id, "y": IGNORE, "tl": 0.0})
+                                        {"x": tok.pad_id if tok else 0, "y": IGNORE, "tl": 0.0})
                 record = StepRecord(step, opt.lr, dist.total(loss.item()), stats,
                                     Batch(ids, rows["x"], rows["y"]) if writer else batch,
                                     rows["tl"] if writer else tl, n_tokens, step_ms)

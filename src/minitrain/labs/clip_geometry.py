@@ -7,26 +7,22 @@ for the rare batch and the ten ordinary batches before it compares the three cli
 global norm is `budget`): the cosine to the raw gradient, each tensor's share of the squared
 norm, and the size of each tensor's AdamW update when that clipped gradient is applied.
 
-python -m minitrain.clip_geometry RUN [--budget 1.0] [--fraction 0.25] [--page README.md]
+minitrain report clip-geometry RUN [--page README.md]
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from minitrain import checkpoint, optim, rundir
+from minitrain import checkpoint, datasets, optim, rundir, zoo
 from minitrain.compare import update_page
-from minitrain.config import ConfigError, from_dict
-from minitrain.corpus import read_sentences, sentences_with
-from minitrain.data import IGNORE, Sampler, encode_corpus, make_batch
-from minitrain.model import GPT, token_losses
-from minitrain.tokenizer import Tokenizer
+from minitrain.config import from_dict
+from minitrain.data import IGNORE, Sampler
+from minitrain.model import token_losses
 from minitrain.train import param_groups
 
 MODES = ("global", "per-tensor", "value")
@@ -57,22 +53,20 @@ class Lab:
 
     def __init__(self, path: Path):
         self.run = rundir.load_run(path)
-        cfg = self.cfg = from_dict(self.run.config, str(path / rundir.CONFIG))
-        sentences = read_sentences(cfg.data.train)
-        self.tok = Tokenizer.load(path / rundir.TOKENIZER)
-        self.enc = encode_corpus(self.tok, sentences, cfg.model.block_size, cfg.data.train)
-        rare = set().union(*(sentences_with(sentences, w) for w in cfg.data.tracked_words))
+        cfg = from_dict(self.run.config, str(path / rundir.CONFIG))
+        self.ds = datasets.build(cfg)  # the same data the run trained on
         torch.manual_seed(cfg.seed)
-        self.model = GPT(cfg.model, self.tok.vocab_size)
+        self.model = zoo.build(cfg.model, self.ds.n_in, self.ds.n_out)
         groups, self.names = param_groups(self.model, cfg.optimizer.weight_decay)
         self.opt = optim.build(cfg.optimizer, groups)
-        self.sampler = Sampler(len(self.enc), cfg.data.batch_size, cfg.data.sampler, cfg.seed,
+        rare = set().union(*self.ds.tracked.values()) if self.ds.tracked else set()
+        self.sampler = Sampler(self.ds.n, cfg.data.batch_size, cfg.data.sampler, cfg.seed,
                                rare, cfg.data.arrive_step, cfg.data.arrive_gap)
         self.step = checkpoint.load(path, {"model": self.model, "optimizer": self.opt,
                                            "sampler": self.sampler})
 
     def grads(self, ids: list[int]) -> list[torch.Tensor]:
-        batch = make_batch(self.enc, ids, self.tok.pad_id)
+        batch = self.ds.batch(ids)
         self.opt.zero_grad()
         tl = token_losses(self.model(batch.x), batch.y, IGNORE)
         (tl.sum() / (batch.y != IGNORE).sum()).backward()
@@ -198,30 +192,14 @@ def picture(png: Path, budget: float = 1.0) -> None:
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m minitrain.clip_geometry")
-    p.add_argument("run", type=Path)
-    p.add_argument("--budget", type=float, default=1.0, help="clipped global norm")
-    p.add_argument("--fraction", type=float, default=0.25,
-                   help="second target: this fraction of each gradient's raw norm")
-    p.add_argument("--page", type=Path)
-    args = p.parse_args(argv)
-    try:
-        if not args.budget > 0:
-            raise ConfigError("--budget: must be > 0")
-        if not 0 < args.fraction <= 1:
-            raise ConfigError("--fraction: must be in (0, 1]")
-        m = measure(args.run, args.budget, args.fraction)
-        text = tables(m)
-        picture(args.run / "clip-geometry.png", args.budget)
-        if args.page:
-            update_page(args.page, "clip-geometry", text)
-        print(text)
-    except (ConfigError, rundir.RunDirError, checkpoint.CheckpointError) as e:
-        print(f"minitrain: error: {e}", file=sys.stderr)
-        return 2
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+def report(path: str | Path, page: str | Path | None = None, budget: float = 1.0,
+           fraction: float = 0.25) -> dict:
+    """Measure, draw `clip-geometry.png` into the run, fill the page's block; print the tables."""
+    path = Path(path)
+    m = measure(path, budget, fraction)
+    text = tables(m)
+    picture(path / "clip-geometry.png", budget)
+    if page:
+        update_page(page, "clip-geometry", text)
+    print(text)
+    return m

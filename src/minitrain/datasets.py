@@ -1,0 +1,97 @@
+"""One interface over the data kinds (`data.kind`): the training examples as batches, the whole
+training and held-out sets, and which examples are tracked (rare). The loop sees only this."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from minitrain import synthetic
+from minitrain.config import Config
+from minitrain.corpus import read_sentences, sentences_with
+from minitrain.data import Batch, encode_corpus, make_batch
+from minitrain.tokenizer import Tokenizer, exclusive_pieces
+
+
+@dataclass
+class Dataset:
+    n: int  # training examples; ids 0..n-1 (sentence ids for the corpus)
+    batch: Callable[[list[int]], Batch]
+    full: Batch  # every training example
+    full_val: Batch  # every held-out example
+    n_out: int  # size of the model's output: vocabulary or classes
+    n_in: int  # vocabulary read (token kinds) or features (tabular)
+    tracked: dict[str, set[int]]  # name -> ids of the tracked examples (rare word, rare token)
+    pieces: dict[str, int]  # tracked vocabulary rows: name -> row id
+    names: list[str] | None = None  # class names (synthetic kinds); None for the corpus
+    tokenizer: Tokenizer | None = None  # corpus only
+    summary: dict = field(default_factory=dict)  # extra summary.json fields
+
+
+def build(cfg: Config) -> Dataset:
+    return {"corpus": _corpus, "toy-tokens": _toy, "tabular": _tabular}[cfg.data.kind](cfg)
+
+
+def _rows(x: torch.Tensor, y: torch.Tensor) -> Callable[[list[int]], Batch]:
+    """Batches of single examples: targets (B, 1), so the token-loss path is the corpus one."""
+    def batch(ids: list[int]) -> Batch:
+        index = torch.tensor(ids, dtype=torch.long)
+        xs = x[index].unsqueeze(1) if x.dtype == torch.long else x[index]
+        return Batch(list(ids), xs, y[index].unsqueeze(1))
+    return batch
+
+
+def _corpus(cfg: Config) -> Dataset:
+    d = cfg.data
+    sentences, val_sentences = read_sentences(d.train), read_sentences(d.val)
+    tok = Tokenizer.train(sentences, d.vocab_size)
+    enc = encode_corpus(tok, sentences, cfg.model.block_size, d.train)
+    enc_val = encode_corpus(tok, val_sentences, cfg.model.block_size, d.val)
+    tracked = {w: set(sentences_with(sentences, w)) for w in d.tracked_words}
+    pieces_of = {w: exclusive_pieces(tok, sentences, w) for w in d.tracked_words}
+    return Dataset(
+        n=len(enc), batch=lambda ids: make_batch(enc, ids, tok.pad_id),
+        full=make_batch(enc, list(range(len(enc))), tok.pad_id),
+        full_val=make_batch(enc_val, list(range(len(enc_val))), tok.pad_id),
+        n_out=tok.vocab_size, n_in=tok.vocab_size, tracked=tracked,
+        pieces={tok.piece(p): p for ps in pieces_of.values() for p in ps}, tokenizer=tok,
+        summary={"vocab_size": tok.vocab_size,
+                 "tracked_pieces": {w: [tok.piece(p) for p in ps] for w, ps in pieces_of.items()},
+                 "tracked_sentences": {w: sorted(s) for w, s in tracked.items()}})
+
+
+def _toy(cfg: Config) -> Dataset:
+    d = cfg.data
+    x, y = synthetic.toy_tokens(d.n_samples, d.rare_fraction, cfg.seed)
+    xv, yv = synthetic.toy_balanced(d.n_val)
+    rare_tok = synthetic.TOY_RARE_TOKEN
+    name = synthetic.TOY_VOCAB[rare_tok]
+    rare = set(torch.nonzero((x == rare_tok) | (y == rare_tok)).flatten().tolist())
+    batch = _rows(x, y)
+    V = len(synthetic.TOY_VOCAB)
+    return Dataset(
+        n=len(x), batch=batch, full=batch(list(range(len(x)))),
+        full_val=_rows(xv, yv)(list(range(len(xv)))), n_out=V, n_in=V,
+        tracked={name: rare}, pieces={name: rare_tok}, names=list(synthetic.TOY_VOCAB),
+        summary={"vocab_size": V, "vocab": list(synthetic.TOY_VOCAB),
+                 "tracked_sentences": {name: sorted(rare)},
+                 "pairs": {f"{synthetic.TOY_VOCAB[a]}->{synthetic.TOY_VOCAB[b]}":
+                           int(((x == a) & (y == b)).sum()) for a, b in synthetic.TOY_PAIRS}})
+
+
+def _tabular(cfg: Config) -> Dataset:
+    d = cfg.data
+    x, y, xv, yv, stats = synthetic.tabular(d.n_samples, d.n_val, d.n_features, d.n_classes,
+                                            cfg.seed)
+    batch = _rows(x, y)
+    names = [f"class {c}" for c in range(d.n_classes)]
+    return Dataset(
+        n=len(x), batch=batch, full=batch(list(range(len(x)))),
+        full_val=_rows(xv, yv)(list(range(len(xv)))), n_out=d.n_classes, n_in=d.n_features,
+        tracked={}, pieces={}, names=names,
+        summary={"vocab_size": d.n_classes, "vocab": names,
+                 "class_counts": torch.bincount(y, minlength=d.n_classes).tolist(),
+                 "feature_mean_after": float(x.mean()), "feature_std_after": float(x.std()),
+                 **stats})
