@@ -22,10 +22,13 @@ class ClipResult:
     grad_norm: float  # global L2 norm before clipping
     post_norm: float  # global L2 norm after clipping
     tensor_norms: torch.Tensor  # (n_tensors,) per-tensor L2 norms before clipping
+    clip_factor: float = 1.0  # global: min(1, t / (norm + 1e-12)); other modes: post / pre
 
-    @property
-    def clip_factor(self) -> float:  # post / pre: 1.0 when the clip did nothing
-        return self.post_norm / self.grad_norm if self.grad_norm > 0 else 1.0
+
+def _ratio(post: float, pre: float) -> float:
+    if not math.isfinite(pre):
+        return 0.0  # an infinite gradient: like the global formula, t / inf
+    return post / pre if pre > 0 else 1.0
 
 
 @torch.no_grad()
@@ -46,7 +49,7 @@ def clip_grads(grads: list[torch.Tensor], threshold: float | None, mode: str = "
         if clip_factor == 1.0:
             return ClipResult(grads, g_norm, g_norm, tensor_norms)
         return ClipResult(torch._foreach_mul(grads, clip_factor), g_norm, g_norm * clip_factor,
-                          tensor_norms)
+                          tensor_norms, clip_factor)
     if mode == "per-tensor":
         factors = (threshold / (tensor_norms + 1e-12)).clamp(max=1.0)
         clipped = torch._foreach_mul(grads, list(factors.unbind()))
@@ -56,7 +59,7 @@ def clip_grads(grads: list[torch.Tensor], threshold: float | None, mode: str = "
         post = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(clipped))))
     else:
         raise ValueError(f"unknown clip mode {mode!r}")  # config validation stops this earlier
-    return ClipResult(clipped, g_norm, post, tensor_norms)
+    return ClipResult(clipped, g_norm, post, tensor_norms, _ratio(post, g_norm))
 
 
 class NormGuard:
