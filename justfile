@@ -61,6 +61,12 @@ phase-19-report: phase-19 phase-19-ablations
     {{python}} -m minitrain compare experiments/19-handout-control experiments/19-handout-batches \
       --page $page
 
+# Run B over 20 seeds and the fixes (experiments/19-sweep/sweep.yaml); resumable; fills the
+# sweep block of the exercise page
+phase-19-sweep *args:
+    {{python}} -m minitrain sweep experiments/19-sweep/sweep.yaml \
+      --page experiments/19-break-no-clip/README.md {{args}}
+
 # speed against plain PyTorch; writes bench/results.md and bench/results.json
 bench *args:
     {{python}} -m minitrain.bench {{args}}
