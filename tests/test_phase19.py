@@ -100,3 +100,21 @@ def test_postmortem_fills_the_measured_placeholders(runs):
     assert "At step 1200 of `19-break-no-clip`" in text
     assert "optimizer.grad_clip: 1.0 -> None" in text
     assert "{root_cause}" in text  # judgement is left to the author
+
+
+def test_adam_memory_checked_on_run_b_matches_the_theory_page(runs):
+    """On steps where the rare input row gets no gradient, m and v shrink by exactly b1 and
+    b2; the theory page's measured block is this run's."""
+    from minitrain.diagnose import moment_decay, moment_decay_markdown
+
+    d = moment_decay(runs["19-break-no-clip"], 1200)
+    wte = next(r for r in d["rows"] if r["table"] == "wte")
+    assert wte["quiet_steps"] > 50
+    assert wte["m_ratio_max_error"] < 1e-5 and wte["v_ratio_max_error"] < 1e-5
+    first = wte["trace"][1:]
+    first = first[:next((i for i, t in enumerate(first) if t["grad"]), len(first))]
+    assert first and all(t["m_over_m_spike"] == pytest.approx(t["b1_k"], abs=1e-5)
+                         for t in first)  # until its next gradient, m is the spike's echo
+    page = (ROOT / "theory/02-optimizer-and-schedule.md").read_text(encoding="utf-8")
+    block = page.split("<!-- measured:moment-decay -->\n")[1].split("<!-- /measured")[0]
+    assert block.strip() == moment_decay_markdown(d).strip()

@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--postmortem", metavar="FILE",
                    help="write theory/04's post-mortem template, filled for the largest spike")
     d.add_argument("--against", metavar="RUN_A", help="reference run for the post-mortem")
+    d.add_argument("--moments-page", metavar="PAGE", help="fill PAGE's '<!-- measured:"
+                   "moment-decay -->' block: m and v decay after the largest spike")
     w = sub.add_parser("sweep", help="run a grid of seeds x settings; table and picture")
     w.add_argument("spec", help="sweep file (YAML: base, seeds, set, cells, jobs)")
     w.add_argument("--jobs", type=int, help="processes in parallel (default: the spec's)")
@@ -102,6 +104,14 @@ def main(argv: list[str] | None = None) -> int:
             result = diagnose(args.run, window=args.window, z=args.z, min_ratio=args.min_ratio)
             if args.out:
                 Path(args.out).write_text(to_json(result) + "\n", encoding="utf-8")
+            if args.moments_page and result["spikes"]:
+                from minitrain.compare import update_page
+                from minitrain.diagnose import moment_decay, moment_decay_markdown
+                from minitrain.rundir import load_run
+
+                step = max(result["spikes"], key=lambda x: x["ratio"])["step"]
+                text = moment_decay_markdown(moment_decay(load_run(args.run), step))
+                update_page(args.moments_page, "moment-decay", text)
             if args.postmortem:
                 from minitrain.diagnose import postmortem
 

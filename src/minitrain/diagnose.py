@@ -214,6 +214,59 @@ def print_report(result: dict) -> None:
                   f"{w['back_within_10pct_steps']}")
 
 
+def moment_decay(run: Run, step: int, k: int = 10) -> dict:
+    """Adam's memory, read off the run after `step`: on a step where a tracked row gets no
+    gradient, m = b1 m and v = b2 v exactly, so the logged ratios must equal the betas; and the
+    row's m over the first `k` steps against the b1^k a spike alone would leave."""
+    b1, b2 = run.config["optimizer"]["betas"]
+    rows = []
+    for piece, table in run.tracked_rows():
+        recs = [m["tracked"][piece][table] for m in run.moments]
+        g = np.array([r["grad_norm"] for r in recs])
+        mn = np.array([r["m_norm"] for r in recs])
+        v = np.array([r.get("v_mean", np.nan) for r in recs])
+        quiet = [t for t in range(step + 1, len(recs)) if g[t] == 0 and mn[t - 1] > 0]
+        m_ratio, v_ratio = mn[quiet] / mn[[t - 1 for t in quiet]], \
+            v[quiet] / v[[t - 1 for t in quiet]]
+        rows.append({
+            "piece": piece, "table": table, "steps_after": len(recs) - step - 1,
+            "quiet_steps": len(quiet),
+            "m_ratio_median": float(np.median(m_ratio)) if quiet else None,
+            "m_ratio_max_error": float(np.max(np.abs(m_ratio - b1))) if quiet else None,
+            "v_ratio_median": float(np.median(v_ratio)) if quiet else None,
+            "v_ratio_max_error": float(np.max(np.abs(v_ratio - b2))) if quiet else None,
+            "trace": [{"k": j, "m_over_m_spike": float(mn[step + j] / mn[step]),
+                       "b1_k": b1 ** j, "grad": bool(g[step + j] > 0)}
+                      for j in range(min(k + 1, len(recs) - step)) if mn[step] > 0],
+        })
+    return {"step": step, "b1": b1, "b2": b2, "rows": rows}
+
+
+def moment_decay_markdown(d: dict) -> str:
+    lines = [f"Run B, after its spike at step {d['step']} (`minitrain diagnose "
+             f"experiments/19-break-no-clip --moments-page ...`). A row is *quiet* on a step when "
+             f"its gradient is exactly 0; then `m` must shrink by b1 = {d['b1']} and `v` by "
+             f"b2 = {d['b2']}.", "",
+             "| row | steps after | quiet steps | median m ratio | max error vs b1 | "
+             "median v ratio | max error vs b2 |", "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in d["rows"]:
+        def f(x, spec):
+            return "–" if x is None else format(x, spec)
+        lines.append(f"| `{r['piece']}` {r['table']} | {r['steps_after']} | {r['quiet_steps']} | "
+                     f"{f(r['m_ratio_median'], '.6f')} | {f(r['m_ratio_max_error'], '.1e')} | "
+                     f"{f(r['v_ratio_median'], '.6f')} | {f(r['v_ratio_max_error'], '.1e')} |")
+    for r in d["rows"]:
+        if r["table"] != "wte" or not r["trace"]:
+            continue
+        lines += ["", f"`m` of the `{r['piece']}` input row after the spike, as a fraction of "
+                  "its value at the spike, against b1^k (what is left of the spike's own "
+                  "contribution):", "", "| k | m / m at spike | b1^k | row had a gradient |",
+                  "|---:|---:|---:|---|"]
+        lines += [f"| {t['k']} | {t['m_over_m_spike']:.4f} | {t['b1_k']:.4f} | "
+                  f"{'yes' if t['grad'] else 'no'} |" for t in r["trace"]]
+    return "\n".join(lines) + "\n"
+
+
 TEMPLATE = Path(__file__).resolve().parents[2] / "theory/04-loss-spike-postmortem-template.md"
 
 
