@@ -98,3 +98,15 @@ lab-depth:
     {{python}} -m minitrain sweep experiments/depth-explosion/sweep.yaml
     {{python}} -m minitrain report depth-explosion experiments/depth-explosion/runs \
       --page experiments/depth-explosion/README.md
+
+# lab (issue 5): Run B's arrival under SGD + momentum and under AdamW, clip off and on
+lab-sgd:
+    {{python}} -m minitrain sweep experiments/19-sgd/sweep.yaml --page experiments/19-sgd/README.md
+    {{python}} -m minitrain report sgd-vs-adam experiments/19-sgd/runs \
+      --page experiments/19-sgd/README.md
+
+# lab (issue 5): warm-up, the clip and the largest step any weight takes; fills its README
+lab-warmup:
+    {{python}} -m minitrain sweep experiments/warmup-bound/sweep.yaml --force
+    {{python}} -m minitrain report warmup-bound experiments/warmup-bound/runs \
+      --page experiments/warmup-bound/README.md

@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 
-from minitrain.optim import SGD, AdamW, NormGuard, clip_grads, lr_at
+from minitrain.config import OptimizerConfig
+from minitrain.optim import SGD, AdamW, NormGuard, clip_grads, lr_at, update_bound
 
 
 def _model(dtype):
@@ -210,3 +211,34 @@ def test_sgd_matches_torch():
             ref.step()
         for a, b in zip(ours_m.parameters(), ref_m.parameters()):
             torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+
+
+def test_update_bound_holds_and_is_reached():
+    """Adam's worst case per coordinate: exactly lr on the first update, and reached by the
+    gradient sequence that makes Cauchy-Schwarz an equality (g_k grows as (b2 / b1)^k)."""
+    o = OptimizerConfig(betas=[0.9, 0.998], eps=1e-30, weight_decay=0.0, grad_clip=None)
+    assert update_bound(o, 1, 0.01) == pytest.approx(0.01)
+    b1, b2 = o.betas
+    p = torch.zeros(1, dtype=torch.float64, requires_grad=True)
+    opt = AdamW([p], lr=0.01, betas=o.betas, eps=o.eps, weight_decay=0.0)
+    for t in range(1, 41):
+        before = p.detach().clone()
+        p.grad = torch.tensor([(b2 / b1) ** t], dtype=torch.float64)
+        opt.step()
+        assert float((p.detach() - before).abs()) == pytest.approx(update_bound(o, t, 0.01),
+                                                                   rel=1e-9)
+    gen = torch.Generator().manual_seed(0)  # and any other sequence stays below it
+    opt = AdamW([p], lr=0.01, betas=o.betas, eps=1e-8, weight_decay=0.0)
+    for t in range(1, 200):
+        before = p.detach().clone()
+        p.grad = torch.randn(1, generator=gen, dtype=torch.float64) * 10 ** (3 * torch.rand(
+            1, generator=gen).item())
+        opt.step()
+        assert float((p.detach() - before).abs()) <= update_bound(o, t, 0.01) * (1 + 1e-9)
+
+
+def test_sgd_bound_needs_the_clip():
+    o = OptimizerConfig(name="sgd", momentum=0.9, weight_decay=0.0, grad_clip=None)
+    assert update_bound(o, 5, 0.1) == math.inf
+    o.grad_clip = 1.0
+    assert update_bound(o, 3, 0.1) == pytest.approx(0.1 * (1 + 0.9 + 0.81))

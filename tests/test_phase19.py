@@ -118,3 +118,11 @@ def test_adam_memory_checked_on_run_b_matches_the_theory_page(runs):
     page = (ROOT / "theory/02-optimizer-and-schedule.md").read_text(encoding="utf-8")
     block = page.split("<!-- measured:moment-decay -->\n")[1].split("<!-- /measured")[0]
     assert block.strip() == moment_decay_markdown(d).strip()
+
+
+def test_adams_largest_move_at_the_arrival_is_its_bound(runs):
+    """theory/02 section 7: a coordinate the spike dominates moves by
+    sqrt(1 - b2^t) (1 - b1) / sqrt(1 - b2) lr, clip or no clip (the SGD lab's first point)."""
+    predicted = (1 - 0.998**1201) ** 0.5 * 0.1 / 0.002**0.5 * 0.006
+    for name in ("19-control", "19-break-no-clip"):
+        assert runs[name].metrics[1200]["update_max"] == pytest.approx(predicted, rel=0.01)

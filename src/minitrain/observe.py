@@ -97,6 +97,7 @@ class MetricsLog(Observer):
             "grad_norm_pre_clip": s.grad_norm_pre_clip,
             "grad_norm_post_clip": s.grad_norm_post_clip,
             "clip_factor": s.clip_factor, "update_norm": s.update_norm,
+            "update_max": s.update_max,
             "skipped": s.skipped, "grad_z": None if math.isnan(s.grad_z) else s.grad_z,
             "weight_norm": float(weight_norm),
             "train_loss": r.train_loss, "val_loss": r.val_loss,

@@ -118,6 +118,7 @@ class StepStats:
     grad_norm_post_clip: float  # the norm that reached the moments: 0 when skipped
     clip_factor: float  # post / pre; 1.0 when no guard acted
     update_norm: float  # L2 norm of the change applied to all parameters this step
+    update_max: float  # largest change of any one coordinate this step
     tensor_grad_norms: torch.Tensor  # pre-clip, one per parameter tensor, in param order
     skipped: bool = False  # the outlier guard dropped this step's update
     grad_z: float = math.nan  # z-score of the pre-clip norm (nan without a guard or in warm-up)
@@ -167,7 +168,7 @@ class Optimizer:
         guard = self.guard
         z = guard.z(g_norm) if guard.active else math.nan
         if guard.skip_z is not None and z > guard.skip_z:  # an outlier: no update at all
-            return StepStats(g_norm, 0.0, 0.0, 0.0, tensor_norms, skipped=True, grad_z=z)
+            return StepStats(g_norm, 0.0, 0.0, 0.0, 0.0, tensor_norms, skipped=True, grad_z=z)
         threshold, mode = self.grad_clip, self.clip_mode
         cap = guard.cap()
         if cap is not None and (threshold is None or cap < threshold):
@@ -181,8 +182,9 @@ class Optimizer:
         # p = p - update
         torch._foreach_sub_(self.params, update)
         update_norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(update))))
+        update_max = float(torch.stack(torch._foreach_norm(update, math.inf)).max())
         return StepStats(clip.grad_norm, clip.post_norm, clip.clip_factor, update_norm,
-                         clip.tensor_norms, grad_z=z)
+                         update_max, clip.tensor_norms, grad_z=z)
 
     def _decay(self, update: list[torch.Tensor], scale: float) -> None:
         """update += scale * wd * p, per group (p before this step's change)."""
@@ -270,6 +272,26 @@ def build(o: OptimizerConfig, groups) -> Optimizer:
     if o.name == "sgd":
         return SGD(groups, momentum=o.momentum, **common)
     return AdamW(groups, betas=o.betas, eps=o.eps, **common)
+
+
+def update_bound(o: OptimizerConfig, t: int, lr: float) -> float:
+    """The most any one coordinate can move at update number `t` (1-based) with learning rate
+    `lr`, weight decay aside, whatever the gradients were (theory/02, section 13).
+    AdamW: by Cauchy-Schwarz on m and v, |m_hat / sqrt(v_hat)| <= sqrt(1 - b2^t) / (1 - b1^t)
+    * (1 - b1) / sqrt(1 - b2) * sqrt(sum_{j<t} (b1^2 / b2)^j); eps only lowers it. The clip
+    plays no part: Adam's step does not depend on the gradient's scale.
+    SGD: with a clip c (any mode), |g_i| <= c, so |m_i| <= c (1 - mu^t) / (1 - mu); no clip, no
+    bound (inf)."""
+    if o.name == "sgd":
+        if o.grad_clip is None:
+            return math.inf
+        mu = o.momentum  # < 1, checked at load
+        return lr * o.grad_clip * (1 - mu**t) / (1 - mu)
+    b1, b2 = o.betas
+    r = b1 * b1 / b2
+    series = t if r == 1 else (1 - r**t) / (1 - r)
+    return lr * math.sqrt(1 - b2**t) / (1 - b1**t) * (1 - b1) / math.sqrt(1 - b2) * \
+        math.sqrt(series)
 
 
 def lr_at(step: int, peak: float, warmup_steps: int, total_steps: int, min_ratio: float) -> float:
