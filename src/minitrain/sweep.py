@@ -120,11 +120,13 @@ def slug(label: str) -> str:
 
 
 def _done(out: Path, cfg) -> bool:
-    """A completed run of exactly this config is already there."""
+    """A completed run of this config is already there (compared as values, so a run written
+    before the config gained a key, which then reads as its default, still counts)."""
     try:
         summary = json.loads((out / rundir.SUMMARY).read_text(encoding="utf-8"))
-        same = (out / rundir.CONFIG).read_text(encoding="utf-8") == config_mod.dump(cfg)
-    except (OSError, ValueError):
+        raw = yaml.safe_load((out / rundir.CONFIG).read_text(encoding="utf-8"))
+        same = config_mod.from_dict(raw).to_dict() == cfg.to_dict()
+    except (OSError, ValueError, AttributeError, TypeError, yaml.YAMLError):
         return False
     return same and summary.get("status") in ("completed", "diverged")
 
