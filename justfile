@@ -67,7 +67,8 @@ phase-19-report: phase-19 phase-19-ablations
 # sweep block of the exercise page
 phase-19-sweep *args:
     {{python}} -m minitrain sweep experiments/19-sweep/sweep.yaml \
-      --page experiments/19-break-no-clip/README.md {{args}}
+      --page experiments/19-break-no-clip/README.md \
+      --page theory/02-optimizer-and-schedule.md {{args}}
 
 # speed against plain PyTorch; writes bench/results.md and bench/results.json
 bench *args:

@@ -58,7 +58,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--jobs", type=int, help="processes in parallel (default: the spec's)")
     w.add_argument("--report-only", action="store_true",
                    help="do not train: summarise the runs already there")
-    w.add_argument("--page", help="Markdown page whose '<!-- measured:sweep -->' block to fill")
+    w.add_argument("--page", action="append", default=[],
+                   help="Markdown page whose '<!-- measured:sweep -->' block to fill "
+                   "(repeatable)")
     w.add_argument("--force", action="store_true", help="rerun runs that are already done")
     return p
 

@@ -289,9 +289,9 @@ def to_csv(rows: list[dict], columns: list[str]) -> str:
     return buf.getvalue()
 
 
-def report(spec: Spec, page: str | Path | None = None) -> list[dict]:
+def report(spec: Spec, pages=()) -> list[dict]:
     """Write OUT/../results.csv (per run), summary.csv/.md (per cell) and sweep.png next to
-    the spec; fill the page's `<!-- measured:sweep -->` block when given."""
+    the spec; fill the `<!-- measured:sweep -->` block of each page in `pages`."""
     from minitrain.compare import update_page
     from minitrain.plots import sweep_picture
 
@@ -303,6 +303,6 @@ def report(spec: Spec, page: str | Path | None = None) -> list[dict]:
     text = markdown(table, spec)
     (where / "summary.md").write_text(text, encoding="utf-8")
     sweep_picture(rows, where / "sweep.png")
-    if page:
+    for page in pages:
         update_page(page, "sweep", text)
     return table
