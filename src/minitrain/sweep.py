@@ -200,6 +200,8 @@ def run_row(path: Path) -> dict:
     if step is not None:
         ordinary &= np.arange(len(g)) < step
     row = {"status": run.summary["status"], "steps": len(run.metrics),
+           "ordinary_norm": float(np.median(g[max(start, step - 50):step]))
+           if step is not None and step > start else np.nan,
            "diverged": run.summary["status"] == "diverged",
            "clipped_ordinary": float(np.mean(post[ordinary] < g[ordinary] * (1 - 1e-9)))
            if ordinary.any() else np.nan,
@@ -220,7 +222,8 @@ def run_row(path: Path) -> dict:
     return row
 
 
-COLUMNS = ["cell", "seed", "status", "spiked", "diverged", "ratio", "whole_before",
+COLUMNS = ["cell", "seed", "status", "spiked", "diverged", "ordinary_norm", "ratio",
+           "whole_before",
            "whole_rise", "recovery_steps", "final_gap", "clipped_ordinary", "skipped_steps"]
 
 
@@ -250,6 +253,7 @@ def cell_table(rows: list[dict]) -> list[dict]:
             "cell": label, "runs": len(rs),
             "spiked": sum(bool(r.get("spiked")) for r in rs),
             "diverged": sum(r["diverged"] for r in rs),
+            "ordinary norm": _median(r.get("ordinary_norm") for r in rs),
             "median ratio": _median(r.get("ratio") for r in rs),
             "median whole-set rise": _median(r.get("whole_rise") for r in rs),
             "rise > 0.1": sum((r.get("whole_rise") or 0) > 0.1 for r in rs),
