@@ -200,8 +200,6 @@ def run_row(path: Path) -> dict:
     if step is not None:
         ordinary &= np.arange(len(g)) < step
     row = {"status": run.summary["status"], "steps": len(run.metrics),
-           "ordinary_norm": float(np.median(g[max(start, step - 50):step]))
-           if step is not None and step > start else np.nan,
            "diverged": run.summary["status"] == "diverged",
            "clipped_ordinary": float(np.mean(post[ordinary] < g[ordinary] * (1 - 1e-9)))
            if ordinary.any() else np.nan,
@@ -213,6 +211,8 @@ def run_row(path: Path) -> dict:
     final = run.column("train_loss")
     final = final[np.isfinite(final)]
     row.update({
+        "ordinary_norm": float(np.median(g[max(start, step - 50):step])) if step > start
+        else np.nan,
         "spiked": any(step <= e["step"] <= step + 5 for e in events),
         "ratio": float(norm_ratios(run)[step]),
         "whole_before": around["whole_before"], "whole_rise": around["whole_rise"],
