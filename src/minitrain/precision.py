@@ -1,0 +1,45 @@
+"""Dynamic loss scaling for fp16: the loss is multiplied by `scale` before the backward pass
+so small gradients survive fp16's narrow range, and the gradients are divided by it again
+before anything reads them (the clip, the norms, the moments). A step whose gradients
+overflowed is dropped and the scale halved; after `growth_interval` clean steps it doubles.
+This is the scheme of Micikevicius et al. (2018), "Mixed Precision Training", and of
+torch.amp.GradScaler.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class LossScaler:
+    def __init__(self, scale: float = 2.0**16, growth_interval: int = 200,
+                 factor: float = 2.0, min_scale: float = 1.0):
+        self.scale, self.growth_interval, self.factor = scale, growth_interval, factor
+        self.min_scale = min_scale
+        self.good_steps = 0  # clean steps since the scale last changed
+
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss * self.scale
+
+    @torch.no_grad()
+    def unscale_(self, params: list[torch.Tensor]) -> bool:
+        """Divide every gradient by the scale, in place; True when all are finite."""
+        grads = [p.grad for p in params if p.grad is not None]
+        torch._foreach_mul_(grads, 1.0 / self.scale)
+        return bool(torch.isfinite(torch.stack(torch._foreach_norm(grads))).all())
+
+    def update(self, finite: bool) -> None:
+        if not finite:
+            self.scale = max(self.min_scale, self.scale / self.factor)
+            self.good_steps = 0
+            return
+        self.good_steps += 1
+        if self.good_steps >= self.growth_interval:
+            self.scale *= self.factor
+            self.good_steps = 0
+
+    def state_dict(self) -> dict:
+        return {"scale": self.scale, "good_steps": self.good_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.scale, self.good_steps = state["scale"], state["good_steps"]

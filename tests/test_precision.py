@@ -1,0 +1,63 @@
+"""Loss scaling: gradients are unscaled before the clip sees them, overflow drops the step and
+halves the scale, clean steps grow it back."""
+
+import math
+
+import torch
+
+from minitrain.optim import AdamW
+from minitrain.precision import LossScaler
+
+
+def _model():
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3))
+
+
+def _train(scaler):
+    model = _model()
+    opt = AdamW(model.parameters(), lr=1e-2, weight_decay=0.0, grad_clip=0.5)
+    gen = torch.Generator().manual_seed(1)
+    norms = []
+    for _ in range(20):
+        x, y = torch.randn(32, 6, generator=gen) * 3, torch.randint(3, (32,), generator=gen)
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        if scaler:
+            scaler.scaled(loss).backward()
+            assert scaler.unscale_(opt.params)
+        else:
+            loss.backward()
+        stats = opt.step()
+        norms.append((stats.grad_norm_pre_clip, stats.grad_norm_post_clip))
+    return model, norms
+
+
+def test_unscale_comes_before_the_clip():
+    """With a scale of 2^10 the clip must act on the true gradient: same norms, same weights
+    as without scaling. Clipping the scaled gradient would give post-clip norms 1024x too
+    small."""
+    plain, plain_norms = _train(None)
+    scaled, scaled_norms = _train(LossScaler(scale=2.0**10))
+    for (a_pre, a_post), (b_pre, b_post) in zip(plain_norms, scaled_norms):
+        assert math.isclose(a_pre, b_pre, rel_tol=1e-5) and math.isclose(a_post, b_post,
+                                                                         rel_tol=1e-5)
+    assert any(post < pre for pre, post in plain_norms)  # the clip acted
+    for a, b in zip(plain.parameters(), scaled.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_overflow_halves_and_clean_steps_double():
+    s = LossScaler(scale=1024.0, growth_interval=3)
+    p = torch.zeros(2, requires_grad=True)
+    p.grad = torch.tensor([float("inf"), 1.0])
+    assert not s.unscale_([p])
+    s.update(False)
+    assert s.scale == 512.0 and s.good_steps == 0
+    for _ in range(3):
+        p.grad = torch.tensor([1.0, 1.0])
+        assert s.unscale_([p])
+        s.update(True)
+    assert s.scale == 1024.0 and s.good_steps == 0
+    s.load_state_dict({"scale": 8.0, "good_steps": 1})
+    assert s.state_dict() == {"scale": 8.0, "good_steps": 1}
