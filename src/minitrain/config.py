@@ -104,8 +104,15 @@ class TrainConfig:
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     instrument: bool = True  # false: write only config, tokenizer and summary (benchmarks)
     checkpoint_every: int = 200  # steps between checkpoints (0: only when interrupted)
+    device: str = "cpu"  # cpu, cuda, or auto (cuda when available); see DEVICES
+    compile: bool = False  # torch.compile the model's forward pass
+    dtype: str = "float32"  # forward pass: float32, or bfloat16 autocast (moments stay fp32)
 
     def check(self, where):
+        if self.device not in DEVICES:
+            raise where("train.device", f"must be one of {', '.join(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise where("train.dtype", f"must be one of {', '.join(DTYPES)}")
         if self.steps < 1:
             raise where("train.steps", "must be at least 1")
         if self.eval_every < 1:
@@ -114,6 +121,10 @@ class TrainConfig:
             raise where("train.checkpoint_every", "must be >= 0")
         if self.threads < 0:
             raise where("train.threads", "must be >= 0")
+
+
+DEVICES = ("cpu", "cuda", "auto")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclass
