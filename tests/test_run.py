@@ -313,3 +313,35 @@ def test_compiled_model_matches_eager(tmp_path):
                                    err_msg=key)
     np.testing.assert_allclose(compiled.token_losses()["loss"], eager.token_losses()["loss"],
                                rtol=1e-4, atol=1e-5)
+
+
+def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """Two gloo processes (the environment torchrun would give them); only rank 1 gets SIGINT,
+    twice, as torchrun under a terminal delivers it, and at steps the other rank does not see.
+    Both stop after the same step:
+    rank 0's logs and checkpoint hold the same whole steps."""
+    import os
+    import signal
+
+    out = tmp_path / "ddp-int"
+    args = [sys.executable, "-m", "minitrain", "train", "experiments/19-control/config.yaml",
+            "--out", str(out), "--quiet", *(x for kv in TINY[:-3] for x in ("--set", kv)),
+            "--set", "train.steps=100000", "--set", "train.checkpoint_every=0"]
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    _wait_for_steps(out, 5)
+    for _ in range(2):  # a terminal's Ctrl-C, then torchrun forwarding it: one request
+        procs[1].send_signal(signal.SIGINT)
+    errs = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [130, 130], errs
+    run = load_run(out)
+    assert run.summary["status"] == "interrupted" and run.summary["world_size"] == 2
+    n = run.summary["steps_completed"]
+    assert len(run.metrics) == len(run.batches) == len(run.moments) == n >= 5
+    assert int(run.token_losses()["step"].max()) == n - 1
+    import torch
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == n
