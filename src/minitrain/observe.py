@@ -164,15 +164,18 @@ class MomentLog(Observer):
 
     def _rows(self, k: int, clip_factor: float):
         # the stored grad is post-clip; dividing by the factor gives the pre-clip rows back
-        grad = self.opt.params[k].grad / clip_factor
+        grad = self.opt.params[k].grad
+        grad = grad / clip_factor if clip_factor != 1.0 else grad  # x / 1 == x: skip the pass
         return torch.linalg.vector_norm(grad, dim=1), self.opt.m[k], self.opt.v[k]
 
     def on_step(self, r):
-        opt = self.opt
-        m_norms = torch.stack(torch._foreach_norm(opt.m)).tolist()
-        v_norms = torch.stack(torch._foreach_norm(opt.v)).tolist()
-        v_max = torch.stack([v.max() for v in opt.v]).tolist()
-        g_norms = r.stats.tensor_grad_norms.tolist()
+        opt, n = self.opt, len(self.names)
+        # one multi-tensor op per statistic and one device-to-host copy for all of them
+        per_tensor = torch.cat([torch.stack(torch._foreach_norm(opt.m + opt.v)),
+                                torch.stack(torch._foreach_max(opt.v)),
+                                r.stats.tensor_grad_norms.to(opt.v[0].dtype)]).tolist()
+        m_norms, v_norms = per_tensor[:n], per_tensor[n:2 * n]
+        v_max, g_norms = per_tensor[2 * n:3 * n], per_tensor[3 * n:]
         tensors = {n: {"grad_norm": g, "m_norm": m, "v_norm": v, "v_max": vm}
                    for n, g, m, v, vm in zip(self.names, g_norms, m_norms, v_norms, v_max)}
         tracked = {p: {"id": i} for p, i in self.tracked.items()}
@@ -181,12 +184,15 @@ class MomentLog(Observer):
             row_norms, m, v = self._rows(k, r.stats.clip_factor)
             if table == "wte":
                 top = torch.topk(row_norms, min(self.top_rows, len(row_norms)))
-            for p, i in self.tracked.items():
-                tracked[p][table] = {"grad_norm": float(row_norms[i]),
-                                     "m_norm": float(torch.linalg.vector_norm(m[i])),
-                                     "v_mean": float(v[i].mean()), "v_max": float(v[i].max())}
+            rows = list(self.tracked.items())
+            stats = torch.stack([x for _, i in rows for x in (
+                row_norms[i], torch.linalg.vector_norm(m[i]), v[i].mean(), v[i].max())
+            ]).tolist() if rows else []
+            for j, (p, _) in enumerate(rows):
+                g, mn, vmean, vmax = stats[4 * j:4 * j + 4]
+                tracked[p][table] = {"grad_norm": g, "m_norm": mn, "v_mean": vmean, "v_max": vmax}
         self.w.write({"step": r.step, "tensors": tensors, "tracked": tracked,
-                      "top_grad_rows": [[int(i), float(n)] for n, i in zip(*top)]})
+                      "top_grad_rows": [[i, x] for x, i in zip(*(t.tolist() for t in top))]})
 
     def close(self):
         self.w.close()

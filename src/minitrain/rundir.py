@@ -47,7 +47,11 @@ class JsonlWriter:
         self.f = open(path, "a", encoding="utf-8")
 
     def write(self, obj: dict) -> None:
-        self.f.write(json.dumps(clean(obj), separators=(",", ":")) + "\n")
+        try:  # most records are plain finite numbers: skip the walk through `clean`
+            line = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+        except (ValueError, TypeError):  # NaN/inf or NumPy scalars: the same bytes via clean
+            line = json.dumps(clean(obj), separators=(",", ":"))
+        self.f.write(line + "\n")
         self.f.flush()
 
     def close(self) -> None:
