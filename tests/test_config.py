@@ -51,6 +51,9 @@ def _write(tmp_path, text):
     ("optimizer: {name: adam}", "optimizer.name", "adamw, sgd"),
     ("data: {sampler: sorted}", "data.sampler", "one of"),
     ("data: 3", "data", "expected a mapping"),
+    ("train: {device: gpu}", "train.device", "one of cpu, cuda, auto"),
+    ("train: {dtype: float16}", "train.dtype", "one of float32, bfloat16"),
+    ("train: {compile: yes please}", "train.compile", "true or false"),
 ])
 def test_bad_values_name_file_and_key(tmp_path, text, key, what):
     p = _write(tmp_path, text)
@@ -90,3 +93,24 @@ def test_cli_config_error_is_one_line_exit_2(tmp_path):
     assert r.stderr.strip().count("\n") == 0
     assert "optimizer.grad_clip" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_gpt2_small_config_is_gpt2_small_shaped():
+    """GPT-2 small's shape on our BPE: the vocabulary it asks for is what the BPE reaches on
+    the corpus, and the parameter count is GPT-2's formula with that vocabulary."""
+    import torch
+
+    from minitrain.corpus import read_sentences
+    from minitrain.model import GPT
+    from minitrain.tokenizer import Tokenizer
+
+    cfg = config.load(ROOT / "experiments/gpt2-small/config.yaml")
+    m = cfg.model
+    assert (m.n_layer, m.n_head, m.n_embd, m.block_size) == (12, 12, 768, 1024)
+    assert cfg.train.device == "cuda" and cfg.train.dtype == "bfloat16"
+    tok = Tokenizer.train(read_sentences(ROOT / cfg.data.train), cfg.data.vocab_size)
+    assert tok.vocab_size == cfg.data.vocab_size
+    with torch.device("meta"):  # shapes only: no 350 MB of weights
+        n_params = sum(p.numel() for p in GPT(m, tok.vocab_size).parameters())
+    V, T, C, L = tok.vocab_size, m.block_size, m.n_embd, m.n_layer
+    assert n_params == V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C == 87_386_880

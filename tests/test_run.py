@@ -258,3 +258,90 @@ def test_two_processes_equal_one_with_the_same_global_batch(pair, tmp_path):
         np.testing.assert_allclose(two.column(key), one.column(key), rtol=1e-5, err_msg=key)
     np.testing.assert_allclose(two.token_losses()["loss"], one.token_losses()["loss"],
                                rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_cuda_is_one_line_exit_2(tmp_path):
+    r = _cli("train", "experiments/19-control/config.yaml", "--out", str(tmp_path / "gpu"),
+             "--set", "train.device=cuda")
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "train.device: cuda" in r.stderr and "no CUDA device" in r.stderr
+    assert not (tmp_path / "gpu").exists()  # refused before anything was written
+
+
+def test_bf16_autocast_on_cpu_trains_with_fp32_state(pair, tmp_path):
+    """dtype bfloat16: the forward pass runs in bf16 (the losses move), the weights, Adam's
+    moments and the logged losses stay fp32 and close to the fp32 run."""
+    import torch
+
+    (_, fp32), _ = pair
+    summary, bf16 = _run(tmp_path, "bf16", ["train.dtype=bfloat16", "train.checkpoint_every=40"])
+    assert summary["status"] == "completed" and summary["device"] == "cpu"
+    assert bf16.metrics != fp32.metrics  # autocast did change the arithmetic
+    np.testing.assert_allclose(bf16.column("loss"), fp32.column("loss"), rtol=2e-2)
+    np.testing.assert_allclose(bf16.column("train_loss"), fp32.column("train_loss"), rtol=1e-2)
+    state = torch.load(bf16.path / "checkpoint.pt", weights_only=True)
+    tensors = [*state["model"].values(), *state["optimizer"]["m"], *state["optimizer"]["v"]]
+    assert {t.dtype for t in tensors} == {torch.float32}
+
+
+def test_resume_may_move_device_only(pair, tmp_path):
+    """`--resume RUN --set train.device=...` (a CUDA run going on on a CPU): the checkpoint
+    loads onto the CPU whatever wrote it; nothing else may change on resume."""
+    (_, a), _ = pair
+    run = tmp_path / "moved"
+    _run(tmp_path, "moved", ["train.checkpoint_every=20"])
+    r = _cli("train", "--resume", str(run), "--set", "optimizer.lr=1", "--quiet")
+    assert r.returncode == 2 and "other than train.device" in r.stderr
+    r = _cli("train", "--resume", str(run), "--set", "train.device=cpu", "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert (run / "metrics.jsonl").read_bytes() == (a.path / "metrics.jsonl").read_bytes()
+
+
+def test_compiled_model_matches_eager(tmp_path):
+    """train.compile: torch.compile (inductor, on this CPU) gives the eager run's numbers to
+    float tolerance (fused kernels round differently). 3 steps: compiling takes ~15 s here."""
+    short = ["train.steps=3", "train.checkpoint_every=0"]
+    _, eager = _run(tmp_path, "eager", short)
+    from torch._dynamo.utils import counters
+
+    counters.clear()
+    _, compiled = _run(tmp_path, "compiled", [*short, "train.compile=true"])
+    assert counters["stats"]["unique_graphs"] >= 1  # dynamo did compile the model
+    for key in ("loss", "grad_norm_pre_clip", "update_norm", "weight_norm", "train_loss"):
+        np.testing.assert_allclose(compiled.column(key), eager.column(key), rtol=1e-5,
+                                   err_msg=key)
+    np.testing.assert_allclose(compiled.token_losses()["loss"], eager.token_losses()["loss"],
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
+    """Two gloo processes (the environment torchrun would give them); only rank 1 gets SIGINT,
+    twice, as torchrun under a terminal delivers it, and at steps the other rank does not see.
+    Both stop after the same step:
+    rank 0's logs and checkpoint hold the same whole steps."""
+    import os
+    import signal
+
+    out = tmp_path / "ddp-int"
+    args = [sys.executable, "-m", "minitrain", "train", "experiments/19-control/config.yaml",
+            "--out", str(out), "--quiet", *(x for kv in TINY[:-3] for x in ("--set", kv)),
+            "--set", "train.steps=100000", "--set", "train.checkpoint_every=0"]
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}
+        procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True))
+    _wait_for_steps(out, 5)
+    for _ in range(2):  # a terminal's Ctrl-C, then torchrun forwarding it: one request
+        procs[1].send_signal(signal.SIGINT)
+    errs = [p.communicate(timeout=60)[1] for p in procs]
+    assert [p.returncode for p in procs] == [130, 130], errs
+    run = load_run(out)
+    assert run.summary["status"] == "interrupted" and run.summary["world_size"] == 2
+    n = run.summary["steps_completed"]
+    assert len(run.metrics) == len(run.batches) == len(run.moments) == n >= 5
+    assert int(run.token_losses()["step"].max()) == n - 1
+    import torch
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == n

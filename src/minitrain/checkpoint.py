@@ -37,7 +37,8 @@ def load(out: Path, parts: dict) -> int:
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint to resume from")
     try:
-        state = torch.load(path, weights_only=True)
+        # on the CPU whatever device wrote it; load_state_dict copies onto this run's device
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # pickle, zip and torch errors alike: a file we will not use
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"{path}: not a minitrain checkpoint ({first[:120]})") from None

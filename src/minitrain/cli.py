@@ -73,11 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             from minitrain.train import train
 
             if args.resume:
-                if args.config or args.overrides or args.out:
-                    raise ConfigError("--resume takes the run's own config: no CONFIG, "
-                                      "--set or --out")
+                moves = [o for o in args.overrides if o.startswith("train.device=")]
+                if args.config or args.out or len(moves) != len(args.overrides):
+                    raise ConfigError("--resume takes the run's own config: no CONFIG, --out "
+                                      "or --set other than train.device")
                 out = Path(args.resume)
-                cfg = config.load(out / rundir.CONFIG)
+                cfg = config.load(out / rundir.CONFIG, moves)  # a CUDA run may go on on CPU
             elif not args.config:
                 raise ConfigError("train: give a CONFIG file or --resume RUN")
             else:

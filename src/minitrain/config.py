@@ -155,8 +155,15 @@ class TrainConfig:
     extra_logs: list[str] = field(default_factory=lambda: list(EXTRA_LOGS))  # beside metrics
     # and batches, which every instrumented run writes; sweeps drop these to run faster
     checkpoint_every: int = 200  # steps between checkpoints (0: only when interrupted)
+    device: str = "cpu"  # cpu, cuda, or auto (cuda when available); see DEVICES
+    compile: bool = False  # torch.compile the model's forward pass
+    dtype: str = "float32"  # forward pass: float32, or bfloat16 autocast (moments stay fp32)
 
     def check(self, where):
+        if self.device not in DEVICES:
+            raise where("train.device", f"must be one of {', '.join(DEVICES)}")
+        if self.dtype not in DTYPES:
+            raise where("train.dtype", f"must be one of {', '.join(DTYPES)}")
         if self.steps < 1:
             raise where("train.steps", "must be at least 1")
         if self.eval_every < 1:
@@ -191,6 +198,10 @@ class DiagnoseConfig:
             raise where("diagnose.min_ratio", "must be >= 1")
         if self.merge < 0:
             raise where("diagnose.merge", "must be >= 0")
+
+
+DEVICES = ("cpu", "cuda", "auto")
+DTYPES = ("float32", "bfloat16")
 
 
 @dataclass

@@ -18,6 +18,9 @@ class Batch:
     x: torch.Tensor  # (B, T) input ids, padded with PAD
     y: torch.Tensor  # (B, T) next-token targets, IGNORE at padding
 
+    def to(self, device: torch.device) -> Batch:
+        return Batch(self.sentence_ids, self.x.to(device), self.y.to(device))
+
 
 def encode_corpus(tok: Tokenizer, sentences: list[str], block_size: int,
                   name: str) -> list[list[int]]:

@@ -167,32 +167,40 @@ class MomentLog(Observer):
         self.tracked, self.top_rows = tracked_pieces, top_rows
 
     def on_step(self, r):
-        opt = self.opt  # p.grad is the raw (pre-clip) gradient; SGD has no v
-        m_norms = torch.stack(torch._foreach_norm(opt.m)).tolist()
-        g_norms = r.stats.tensor_grad_norms.tolist()
-        tensors = {n: {"grad_norm": g, "m_norm": m} for n, g, m in zip(self.names, g_norms,
-                                                                          m_norms)}
-        if opt.v is not None:
-            v_norms = torch.stack(torch._foreach_norm(opt.v)).tolist()
-            v_max = torch.stack([v.max() for v in opt.v]).tolist()
-            for n, v, vm in zip(self.names, v_norms, v_max):
-                tensors[n].update(v_norm=v, v_max=vm)
+        opt, n = self.opt, len(self.names)  # p.grad is the raw (pre-clip) gradient
+        has_v = opt.v is not None  # SGD has no second moment
+        # one multi-tensor op per statistic and one device-to-host copy for all of them
+        parts = [torch.stack(torch._foreach_norm(opt.m + (opt.v if has_v else [])))]
+        if has_v:
+            parts.append(torch.stack(torch._foreach_max(opt.v)))
+        parts.append(r.stats.tensor_grad_norms.to(opt.m[0].dtype))
+        per_tensor = torch.cat(parts).tolist()
+        m_norms, g_norms = per_tensor[:n], per_tensor[-n:]
+        tensors = {name: {"grad_norm": g, "m_norm": m}
+                   for name, g, m in zip(self.names, g_norms, m_norms)}
+        if has_v:
+            v_norms, v_max = per_tensor[n:2 * n], per_tensor[2 * n:3 * n]
+            for name, v, vm in zip(self.names, v_norms, v_max):
+                tensors[name].update(v_norm=v, v_max=vm)
         tracked = {p: {"id": i} for p, i in self.tracked.items()}
-        top = ([], [])  # a model without a vocabulary table has no rows to rank
+        top = None  # a model without a vocabulary table has no rows to rank
         for table, k in self.tables.items():
             grad, m = opt.params[k].grad, opt.m[k]
             row_norms = torch.linalg.vector_norm(grad, dim=1)
             if table == "wte":
                 top = torch.topk(row_norms, min(self.top_rows, len(row_norms)))
-            for p, i in self.tracked.items():
-                row = {"grad_norm": float(row_norms[i]),
-                       "m_norm": float(torch.linalg.vector_norm(m[i]))}
-                if opt.v is not None:
-                    v = opt.v[k]
-                    row.update(v_mean=float(v[i].mean()), v_max=float(v[i].max()))
-                tracked[p][table] = row
+            rows = list(self.tracked.items())
+            keys = ("grad_norm", "m_norm", "v_mean", "v_max") if has_v else ("grad_norm",
+                                                                             "m_norm")
+            v = opt.v[k] if has_v else None
+            stats = torch.stack([x for _, i in rows for x in (
+                row_norms[i], torch.linalg.vector_norm(m[i]),
+                *((v[i].mean(), v[i].max()) if has_v else ()))]).tolist() if rows else []
+            for j, (p, _) in enumerate(rows):
+                tracked[p][table] = dict(zip(keys, stats[len(keys) * j:len(keys) * (j + 1)]))
         self.w.write({"step": r.step, "tensors": tensors, "tracked": tracked,
-                      "top_grad_rows": [[int(i), float(n)] for n, i in zip(*top)]})
+                      "top_grad_rows": [] if top is None else
+                      [[i, x] for x, i in zip(*(t.tolist() for t in top))]})
 
     def close(self):
         self.w.close()

@@ -49,7 +49,11 @@ class JsonlWriter:
         self.f = open(path, "a", encoding="utf-8")
 
     def write(self, obj: dict) -> None:
-        self.f.write(json.dumps(clean(obj), separators=(",", ":")) + "\n")
+        try:  # most records are plain finite numbers: skip the walk through `clean`
+            line = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+        except (ValueError, TypeError):  # NaN/inf or NumPy scalars: the same bytes via clean
+            line = json.dumps(clean(obj), separators=(",", ":"))
+        self.f.write(line + "\n")
         self.f.flush()
 
     def close(self) -> None:
@@ -84,7 +88,8 @@ ADDED_KEYS = {"data.kind", "data.n_samples", "data.n_val", "data.rare_fraction",
               "data.n_features", "data.n_classes", "model.kind", "model.residual",
               "model.layer_norm", "model.init_gain", "optimizer.momentum",
               "optimizer.clip_mode", "optimizer.clip_z", "optimizer.skip_z",
-              "optimizer.norm_ema", "train.extra_logs", "diagnose"}
+              "optimizer.norm_ema", "train.extra_logs", "train.device", "train.compile",
+              "train.dtype", "diagnose"}
 
 
 def prepare(out: Path, replace: bool = False) -> Path:

@@ -58,13 +58,16 @@ def lab_probes(cfg: Config, ds: datasets.Dataset, model, out: Path,
 
 class StopOnCtrlC:
     """The first Ctrl-C asks the loop to stop after the current step, so every log holds
-    whole steps; a second one interrupts at once."""
+    whole steps; a second one interrupts at once. Under torchrun every SIGINT only asks: a
+    terminal's Ctrl-C reaches each rank twice (from the terminal, then forwarded by torchrun,
+    which SIGKILLs ranks still running 30 s later)."""
 
-    def __init__(self):
+    def __init__(self, second_interrupts: bool = True):
         self.requested, self._previous = False, None
+        self.second_interrupts = second_interrupts
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if self.requested and self.second_interrupts:
             raise KeyboardInterrupt
         self.requested = True
 
@@ -78,19 +81,35 @@ class StopOnCtrlC:
             signal.signal(signal.SIGINT, self._previous)
 
 
+def forward_pass(model: torch.nn.Module, device: torch.device, train_cfg):
+    """The model's forward as configured (compiled or not; bf16 autocast or fp32), returning
+    fp32 logits so the losses, the logs and the optimizer stay in fp32."""
+    fwd = torch.compile(model) if train_cfg.compile else model
+    bf16 = train_cfg.dtype == "bfloat16"
+
+    def forward(idx):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            return fwd(idx).float()  # (B, T, V); a no-op in fp32
+    return forward
+
+
 def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = False,
           resume: bool = False) -> dict:
     """Train per `cfg`, writing the run directory `out`; with `resume`, go on from the
     checkpoint in `out` instead. Returns the final summary."""
     t_start = time.perf_counter()
+    dist = ddp.setup(cfg.train.device)  # before anything is written: cuda may be missing
+    dev = dist.device
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
-    torch.use_deterministic_algorithms(True)
+    # on CUDA some kernels have no deterministic variant: warn there rather than stop
+    torch.use_deterministic_algorithms(True, warn_only=dev.type == "cuda")
 
     # data (corpus -> tokenizer -> encoded sentences, or a synthetic kind) -> model
     ds = datasets.build(cfg)
-    model = zoo.build(cfg.model, ds.n_in, ds.n_out)
+    model = zoo.build(cfg.model, ds.n_in, ds.n_out).to(dev)  # initialised on the CPU
+    forward = forward_pass(model, dev, cfg.train)
     groups, names = param_groups(model, cfg.optimizer.weight_decay)
     o = cfg.optimizer
     opt = optim.build(o, groups)
@@ -100,7 +119,6 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     tok = ds.tokenizer
 
     # the run directory: resolved config and tokenizer first, before step 0; rank 0 writes it
-    dist = ddp.setup()
     writer = dist.rank == 0
     out = Path(out)
     if writer and not resume:
@@ -114,11 +132,11 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     summary = {
         "status": "running", "steps_completed": 0, "steps_planned": cfg.train.steps,
         "n_params": sum(p.numel() for p in model.parameters()), **ds.summary,
-        "resumed_at_step": None, "world_size": dist.world,
+        "resumed_at_step": None, "world_size": dist.world, "device": dev.type,
     }
-    sets = {"train_loss": ds.full, "val_loss": ds.full_val}
+    sets = {"train_loss": ds.full.to(dev), "val_loss": ds.full_val.to(dev)}
     dense = 100 if cfg.train.eval_dense else 0
-    evaluator = WholeSetLoss(model, sets, cfg.train.steps, cfg.train.eval_every,
+    evaluator = WholeSetLoss(forward, sets, cfg.train.steps, cfg.train.eval_every,
                              o.warmup_steps, dense=dense)
     parts = {"model": model, "optimizer": opt, "sampler": sampler, "evaluator": evaluator}
     start = 0
@@ -144,14 +162,15 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     t_loop = time.perf_counter()
     step_s, tokens = 0.0, 0  # time in the training step proper, and tokens it scored
     try:
-        with StopOnCtrlC() as ctrl_c:
+        with StopOnCtrlC(second_interrupts=dist.world == 1) as ctrl_c:
             for step in range(start, cfg.train.steps):
                 t0 = time.perf_counter()
                 # ---- the training step ----
                 opt.lr = lr_at(step, o.lr, o.warmup_steps, cfg.train.steps, o.min_lr_ratio)
                 ids = sampler.next_ids()  # the global batch; this process trains on its share
-                batch = ds.batch(dist.shard(ids))
-                tl = token_losses(model(batch.x), batch.y, IGNORE)  # (B, T)
+                batch = ds.batch(dist.shard(ids))  # on the CPU
+                x, y = batch.x.to(dev, non_blocking=True), batch.y.to(dev, non_blocking=True)
+                tl = token_losses(forward(x), y, IGNORE)  # (B, T)
                 n_tokens = int(dist.total(int((batch.y != IGNORE).sum())))  # global batch
                 loss = tl.sum() / n_tokens
                 opt.zero_grad()
@@ -161,6 +180,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
                 step_ms = (time.perf_counter() - t0) * 1e3
                 # ---- end of the step; what follows only observes ----
                 step_s, tokens = step_s + step_ms / 1e3, tokens + n_tokens
+                tl = tl.detach().cpu()  # the logs are written from the CPU
                 rows = dist.gather_rows({"x": batch.x, "y": batch.y, "tl": tl},
                                         {"x": tok.pad_id if tok else 0, "y": IGNORE, "tl": 0.0})
                 record = StepRecord(step, opt.lr, dist.total(loss.item()), stats,
@@ -175,7 +195,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
                 if not (math.isfinite(record.loss) and math.isfinite(stats.grad_norm_pre_clip)):
                     status = "diverged"
                     break
-                if ctrl_c.requested:
+                if dist.any(ctrl_c.requested):  # every rank stops after the same step
                     status = "interrupted"
                     break
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once; readers skip a cut-off line
