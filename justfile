@@ -111,3 +111,9 @@ lab-warmup:
     {{python}} -m minitrain sweep experiments/warmup-bound/sweep.yaml --force
     {{python}} -m minitrain report warmup-bound experiments/warmup-bound/runs \
       --page experiments/warmup-bound/README.md
+
+# lab (issue 5): fp32, bf16 and fp16 (loss scaling) forward passes on Run B; fills its README
+lab-numerics:
+    {{python}} -m minitrain sweep experiments/numerics/sweep.yaml --page experiments/numerics/README.md
+    {{python}} -m minitrain report numerics experiments/numerics/runs \
+      --page experiments/numerics/README.md

@@ -52,7 +52,7 @@ def _write(tmp_path, text):
     ("data: {sampler: sorted}", "data.sampler", "one of"),
     ("data: 3", "data", "expected a mapping"),
     ("train: {device: gpu}", "train.device", "one of cpu, cuda, auto"),
-    ("train: {dtype: float16}", "train.dtype", "one of float32, bfloat16"),
+    ("train: {dtype: half}", "train.dtype", "one of float32, bfloat16, float16"),
     ("train: {compile: yes please}", "train.compile", "true or false"),
 ])
 def test_bad_values_name_file_and_key(tmp_path, text, key, what):

@@ -3,6 +3,7 @@ halves the scale, clean steps grow it back."""
 
 import math
 
+import pytest
 import torch
 
 from minitrain.optim import AdamW
@@ -61,3 +62,25 @@ def test_overflow_halves_and_clean_steps_double():
     assert s.scale == 1024.0 and s.good_steps == 0
     s.load_state_dict({"scale": 8.0, "good_steps": 1})
     assert s.state_dict() == {"scale": 8.0, "good_steps": 1}
+
+
+def test_fp16_training_unscales_before_the_clip(tmp_path):
+    """In the loop: an fp16 run logs (and clips) the unscaled gradient norm, the one its fp32
+    twin logs, not one 2^16 times larger; its metrics carry the loss scale."""
+    from conftest import ROOT
+    from minitrain import config
+    from minitrain.rundir import load_run
+    from minitrain.train import train
+
+    tiny = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "train.steps=5",
+            "optimizer.grad_clip=1.0", "train.extra_logs=[]"]
+    runs = {}
+    for dtype in ("float32", "float16"):
+        cfg = config.load(ROOT / "experiments/19-control/config.yaml", [*tiny,
+                                                                        f"train.dtype={dtype}"])
+        train(cfg, tmp_path / dtype, progress=False)
+        runs[dtype] = load_run(tmp_path / dtype)
+    a, b = runs["float32"].metrics[0], runs["float16"].metrics[0]
+    assert b["grad_norm_pre_clip"] == pytest.approx(a["grad_norm_pre_clip"], rel=0.02)
+    assert b["grad_norm_post_clip"] <= 1.0 + 1e-6 and b["loss_scale"] == 2.0**16
+    assert "loss_scale" not in a

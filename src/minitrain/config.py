@@ -157,7 +157,8 @@ class TrainConfig:
     checkpoint_every: int = 200  # steps between checkpoints (0: only when interrupted)
     device: str = "cpu"  # cpu, cuda, or auto (cuda when available); see DEVICES
     compile: bool = False  # torch.compile the model's forward pass
-    dtype: str = "float32"  # forward pass: float32, or bfloat16 autocast (moments stay fp32)
+    dtype: str = "float32"  # forward pass: float32, or bfloat16 / float16 autocast (float16
+    # with dynamic loss scaling); weights, gradients and moments stay fp32
 
     def check(self, where):
         if self.device not in DEVICES:
@@ -201,7 +202,7 @@ class DiagnoseConfig:
 
 
 DEVICES = ("cpu", "cuda", "auto")
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclass

@@ -41,6 +41,7 @@ class StepRecord:
     token_loss: torch.Tensor  # (B, T), 0 at padding
     n_tokens: int  # scored tokens in the batch
     step_ms: float
+    loss_scale: float | None = None  # fp16 runs: the loss scale this step used
     train_loss: float | None = None  # whole training set, when evaluated this step
     val_loss: float | None = None
 
@@ -102,6 +103,7 @@ class MetricsLog(Observer):
             "weight_norm": float(weight_norm),
             "train_loss": r.train_loss, "val_loss": r.val_loss,
             "tokens": r.n_tokens,  # no timings here: same config and seed, same bytes
+            **({} if r.loss_scale is None else {"loss_scale": r.loss_scale}),
         })
 
     def close(self):

@@ -161,13 +161,14 @@ class Optimizer:
                 a.copy_(b)
 
     @torch.no_grad()
-    def step(self) -> StepStats:
+    def step(self, drop: bool = False) -> StepStats:
+        """One update; with `drop` (an fp16 overflow) or an outlier under skip_z, none."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         tensor_norms = torch.stack(torch._foreach_norm(grads))
         g_norm = float(torch.linalg.vector_norm(tensor_norms))
         guard = self.guard
-        z = guard.z(g_norm) if guard.active else math.nan
-        if guard.skip_z is not None and z > guard.skip_z:  # an outlier: no update at all
+        z = guard.z(g_norm) if guard.active and not drop else math.nan
+        if drop or (guard.skip_z is not None and z > guard.skip_z):  # no update at all
             return StepStats(g_norm, 0.0, 0.0, 0.0, 0.0, tensor_norms, skipped=True, grad_z=z)
         threshold, mode = self.grad_clip, self.clip_mode
         cap = guard.cap()

@@ -27,6 +27,7 @@ from minitrain.observe import (
     WholeSetLoss,
 )
 from minitrain.optim import lr_at
+from minitrain.precision import LossScaler
 from minitrain.probes import ClassProbe, EmbeddingGeometry, LayerProbe
 from minitrain.tokenizer import Tokenizer
 
@@ -82,13 +83,13 @@ class StopOnCtrlC:
 
 
 def forward_pass(model: torch.nn.Module, device: torch.device, train_cfg):
-    """The model's forward as configured (compiled or not; bf16 autocast or fp32), returning
-    fp32 logits so the losses, the logs and the optimizer stay in fp32."""
+    """The model's forward as configured (compiled or not; bf16 or fp16 autocast, or fp32),
+    returning fp32 logits so the losses, the logs and the optimizer stay in fp32."""
     fwd = torch.compile(model) if train_cfg.compile else model
-    bf16 = train_cfg.dtype == "bfloat16"
+    low = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(train_cfg.dtype)
 
     def forward(idx):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=low or torch.bfloat16, enabled=low is not None):
             return fwd(idx).float()  # (B, T, V); a no-op in fp32
     return forward
 
@@ -139,6 +140,9 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     evaluator = WholeSetLoss(forward, sets, cfg.train.steps, cfg.train.eval_every,
                              o.warmup_steps, dense=dense)
     parts = {"model": model, "optimizer": opt, "sampler": sampler, "evaluator": evaluator}
+    scaler = LossScaler() if cfg.train.dtype == "float16" else None  # fp16's narrow range
+    if scaler:
+        parts["scaler"] = scaler
     start = 0
     if resume:
         start = checkpoint.load(out, parts)
@@ -174,9 +178,14 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
                 n_tokens = int(dist.total(int((batch.y != IGNORE).sum())))  # global batch
                 loss = tl.sum() / n_tokens
                 opt.zero_grad()
-                loss.backward()
+                (scaler.scaled(loss) if scaler else loss).backward()
                 dist.reduce_grads(opt.params)  # summed over processes: the global gradient
-                stats = opt.step()  # clip, moments, update
+                # fp16: unscale before the clip sees the gradient; an overflow drops the step
+                finite = scaler.unscale_(opt.params) if scaler else True
+                stats = opt.step(drop=not finite)  # clip, moments, update
+                loss_scale = scaler.scale if scaler else None  # the scale this step used
+                if scaler:
+                    scaler.update(finite)
                 step_ms = (time.perf_counter() - t0) * 1e3
                 # ---- end of the step; what follows only observes ----
                 step_s, tokens = step_s + step_ms / 1e3, tokens + n_tokens
@@ -185,7 +194,8 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
                                         {"x": tok.pad_id if tok else 0, "y": IGNORE, "tl": 0.0})
                 record = StepRecord(step, opt.lr, dist.total(loss.item()), stats,
                                     Batch(ids, rows["x"], rows["y"]) if writer else batch,
-                                    rows["tl"] if writer else tl, n_tokens, step_ms)
+                                    rows["tl"] if writer else tl, n_tokens, step_ms,
+                                    loss_scale=loss_scale)
                 for obs in observers:
                     obs.on_step(record)
                 done = step + 1

@@ -1,0 +1,57 @@
+"""The numerics lab's report: the same run with the forward pass in fp32, bf16 and fp16 (loss
+scaling), clip off and on. How far each low-precision run drifts from its fp32 twin, whether
+any step overflowed, and whether the arrival's spike and damage change."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from minitrain.compare import norm_ratios, update_page, whole_set_around
+from minitrain.labs import clip_label, load_runs, table
+from minitrain.rundir import Run
+
+
+def _key(run: Run) -> tuple:
+    return run.config["optimizer"]["grad_clip"] is not None, run.config["train"]["dtype"]
+
+
+def measure(run: Run, fp32: Run) -> dict:
+    s = run.config["data"]["arrive_step"]
+    loss, ref = run.column("loss"), fp32.column("loss")
+    n = min(len(loss), len(ref), s)
+    scales = run.column("loss_scale")
+    around = whole_set_around(run, s) if s < len(run.metrics) else {}
+    return {
+        "run": f"{run.config['train']['dtype']}, {clip_label(run)}",
+        "status": run.summary["status"],
+        "steps skipped (overflow)": int(sum(bool(m.get("skipped")) for m in run.metrics)),
+        "smallest loss scale": float(np.nanmin(scales)) if np.isfinite(scales).any() else None,
+        "batch loss vs fp32 before the arrival, largest |diff|":
+            float(np.max(np.abs(loss[:n] - ref[:n]))),
+        "whole-set loss before the arrival": around.get("whole_before"),
+        "norm ratio at the arrival": float(norm_ratios(run)[s]) if s < len(run.metrics)
+        else None,
+        "whole-set rise": around.get("whole_rise"),
+        "final whole-set loss": run.summary.get("final_train_loss"),
+    }
+
+
+def report(folder: str | Path, page: str | Path | None = None) -> list[dict]:
+    runs = {_key(r): r for r in load_runs(folder, "corpus", "gpt")}
+    rows = []
+    for clipped in (False, True):
+        fp32 = runs.get((clipped, "float32"))
+        for dtype in ("float32", "bfloat16", "float16"):
+            if fp32 is not None and (clipped, dtype) in runs:
+                rows.append(measure(runs[clipped, dtype], fp32))
+    keys = [k for k in rows[0] if k != "run"]
+    text = table(["", *(r["run"] for r in rows)], [[k, *(r[k] for r in rows)] for k in keys])
+    text = ("Each low-precision run against the fp32 run with the same clip; the forward pass "
+            "only is in low precision (weights, gradients and Adam's moments stay fp32).\n\n"
+            + text + "\n")
+    if page:
+        update_page(page, "numerics", text)
+    print(text)
+    return rows
