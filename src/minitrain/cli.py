@@ -15,7 +15,8 @@ from minitrain.corpus import CorpusError
 from minitrain.rundir import RunDirError
 
 USER_ERRORS = (ConfigError, CorpusError, RunDirError, CheckpointError)
-LABS = ("toy-rare-samples", "tabular-classifier", "clip-geometry", "depth-explosion")
+LABS = ("toy-rare-samples", "tabular-classifier", "clip-geometry", "depth-explosion",
+        "source-shifts", "capacity")
 
 
 def _parser() -> argparse.ArgumentParser:

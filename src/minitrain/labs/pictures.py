@@ -137,3 +137,59 @@ def depth_layers(runs: list[Run], png: Path) -> None:
             ax[row, col].set_xlabel("layer l (0 = input layer, output side on the right)")
             ax[row, col].legend(fontsize=7)
     _save(fig, png)
+
+
+SOURCE_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown")
+
+
+def shift_panels(runs: list[Run], marks: list[list[int]], flagged: list[list[int]],
+                 png: Path) -> None:
+    """Per run (a column): batch loss and pre-clip norm per step, the background shaded by
+    each phase's lead source, the boundaries as dashed lines, diagnose's events as triangles."""
+    from minitrain.rundir import PHASES
+
+    fig, ax = plt.subplots(2, len(runs), figsize=(5.5 * len(runs), 7), squeeze=False)
+    for col, (run, mk, fl) in enumerate(zip(runs, marks, flagged)):
+        phases = run.log(PHASES)
+        names = list(phases[0]["weights"])
+        x = np.arange(len(run.metrics))
+        for row, key, title in ((0, "loss", "batch loss"),
+                                (1, "grad_norm_pre_clip", "pre-clip gradient norm")):
+            a, y = ax[row, col], run.column(key)
+            a.semilogy(x, y, lw=0.7, color="black")
+            for p in phases:
+                a.axvspan(p["step"], p["step"] + p["length"], alpha=0.12, lw=0,
+                          color=SOURCE_COLOURS[p["lead"] % len(SOURCE_COLOURS)])
+            for s in mk:
+                a.axvline(s, color="tab:red", ls="--", lw=0.6)
+            fl = [s for s in fl if s < len(y)]
+            a.plot(fl, y[fl], "v", color="tab:red", ms=7)
+            clip = run.config["optimizer"]["grad_clip"]
+            if row == 1 and clip is not None:
+                a.axhline(clip, color="grey", lw=0.8, ls=":")
+            a.set_xlim(0, len(x))
+            a.set_title(f"{run.path.parent.name} {clip_label(run)}: {title}", fontsize=9)
+            a.set_xlabel("step")
+        handles = [plt.Rectangle((0, 0), 1, 1, color=SOURCE_COLOURS[i], alpha=0.3)
+                   for i in range(len(names))]
+        ax[0, col].legend(handles, [f"lead: {n}" for n in names], fontsize=7)
+    _save(fig, png)
+
+
+def capacity_damage(rows: list[dict], png: Path) -> None:
+    """Loss bump, norm bump and recovery at the boundaries against parameter count, a line for
+    each clip setting (one point per run)."""
+    keys = ("loss bump at boundaries (median)", "norm bump at boundaries (median)",
+            "recovery steps (median)", "final val loss")
+    fig, ax = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4))
+    for clip in dict.fromkeys(r["clip"] for r in rows):
+        rs = sorted((r for r in rows if r["clip"] == clip), key=lambda r: r["n_params"])
+        for a, key in zip(ax, keys):
+            a.plot([r["n_params"] for r in rs], [r[key] for r in rs], "o", alpha=0.7,
+                   label=clip)
+    for a, key in zip(ax, keys):
+        a.set_xscale("log")
+        a.set_xlabel("parameters")
+        a.set_title(key, fontsize=9)
+        a.legend(fontsize=7)
+    _save(fig, png)
