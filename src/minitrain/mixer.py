@@ -43,6 +43,8 @@ class Exp3:
 
 def progress_reward(losses: list[float]) -> float:
     """Relative drop of the batch loss over a phase: first HEAD steps against last HEAD."""
+    if not losses:  # no loss was observed (a sampler driven without training)
+        return 0.0
     head = sum(losses[:HEAD]) / len(losses[:HEAD])
     tail = sum(losses[-HEAD:]) / len(losses[-HEAD:])
     if not (math.isfinite(head) and math.isfinite(tail)) or head <= 0:
