@@ -3,8 +3,6 @@ case, config errors, and a short real mixture run whose files, reports and pages
 
 import json
 import math
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -12,7 +10,9 @@ import yaml
 
 from conftest import ROOT
 from minitrain import config, datasets, sweep
+from minitrain.cli import main
 from minitrain.config import ConfigError
+from minitrain.diagnose import diagnose
 from minitrain.labs import capacity, source_shifts
 from minitrain.mixer import Exp3, MixtureSampler, progress_reward
 from minitrain.rundir import BATCHES, PHASES, load_run, read_jsonl
@@ -138,15 +138,16 @@ def test_bad_mixer_keys_name_file_and_key(tmp_path, text, key):
     assert str(e.value).startswith(f"{p}: {key}:") and "\n" not in str(e.value)
 
 
-def test_cli_bad_mixer_key_and_missing_source_are_one_line(tmp_path):
+def test_cli_bad_mixer_key_and_missing_source_are_one_line(tmp_path, capsys):
     def cli(*overrides):
-        return subprocess.run([sys.executable, "-m", "minitrain", "train", LAB, "--out",
-                               str(tmp_path / "run"), *(f"--set={o}" for o in overrides)],
-                              capture_output=True, text=True, cwd=ROOT)
-    for r, key in ((cli("data.phase_max=3"), "data.phase_max"),
-                   (cli("data.sources=[corpus/sources/notes.txt, nope.txt]"), "nope.txt")):
-        assert r.returncode == 2 and key in r.stderr
-        assert r.stderr.strip().count("\n") == 0 and "Traceback" not in r.stderr
+        code = main(["train", LAB, "--out", str(tmp_path / "run"),
+                     *(f"--set={o}" for o in overrides)])
+        return code, capsys.readouterr().err
+    for (code, err), key in ((cli("data.phase_max=3"), "data.phase_max"),
+                             (cli("data.sources=[corpus/sources/notes.txt, nope.txt]"),
+                              "nope.txt")):
+        assert code == 2 and key in err
+        assert err.strip().count("\n") == 0 and "Traceback" not in err
 
 
 def test_shipped_mixture_config_and_sweeps_validate():
@@ -190,6 +191,8 @@ def test_a_mixture_run_records_sources_and_phases(mixture_runs):
     for p in phases:  # the lead holds most of its phase's sentences
         sents = [s for b in batches[p["step"]:p["step"] + p["length"]] for s in b["sources"]]
         assert sents.count(p["lead_name"]) > len(sents) / 2
+    spikes = diagnose(run.path, min_ratio=1.0, z=0.01)["spikes"]  # a bar low enough to flag
+    assert spikes and all(x["batch"]["sources"] == batches[x["step"]]["sources"] for x in spikes)
     assert run.tokenizer().vocab_size == yaml.safe_load(
         (run.path / "config.resolved.yaml").read_text())["data"]["vocab_size"]
 
