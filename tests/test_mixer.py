@@ -64,6 +64,13 @@ def test_phase_lengths_and_weights(schedule):
         assert all(math.isclose(sum(p["probs"].values()), 1) for p in phases)
 
 
+def test_equal_weights_placebo_keeps_the_phases():
+    shift = _phases(MixtureSampler(SOURCES, NAMES, 4, 9), 400)
+    flat = _phases(MixtureSampler(SOURCES, NAMES, 4, 9, lead_share=1 / 3), 400)
+    assert [(p["step"], p["lead"]) for p in flat] == [(p["step"], p["lead"]) for p in shift]
+    assert all(len(set(p["weights"].values())) == 1 for p in flat)
+
+
 def test_sentences_come_from_their_phase_weights():
     s = MixtureSampler(SOURCES, NAMES, 64, 0, phase_min=40, phase_max=40)
     ids = [i for _ in range(40) for i in s.next_ids()]

@@ -177,16 +177,19 @@ def shift_panels(runs: list[Run], marks: list[list[int]], flagged: list[list[int
 
 
 def capacity_damage(rows: list[dict], png: Path) -> None:
-    """Loss bump, norm bump and recovery at the boundaries against parameter count, a line for
-    each clip setting (one point per run)."""
+    """Loss bump, norm bump and recovery at the boundaries, and the final loss, against
+    parameter count: a line per learning rate and clip setting, a point per run."""
     keys = ("loss bump at boundaries (median)", "norm bump at boundaries (median)",
-            "recovery steps (median)", "final val loss")
+            "recovery steps (median)", "final whole-set train loss")
     fig, ax = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4))
-    for clip in dict.fromkeys(r["clip"] for r in rows):
-        rs = sorted((r for r in rows if r["clip"] == clip), key=lambda r: r["n_params"])
+    groups = list(dict.fromkeys((r["lr"], r["clip"]) for r in rows))
+    for lr, clip in groups:
+        rs = sorted((r for r in rows if (r["lr"], r["clip"]) == (lr, clip)),
+                    key=lambda r: r["n_params"])
+        marker = "os^D"[sorted({g[0] for g in groups}).index(lr) % 4]
         for a, key in zip(ax, keys):
-            a.plot([r["n_params"] for r in rs], [r[key] for r in rs], "o", alpha=0.7,
-                   label=clip)
+            a.plot([r["n_params"] for r in rs], [r[key] for r in rs], marker + "-", alpha=0.7,
+                   label=f"lr {lr:g}, {clip}")
     for a, key in zip(ax, keys):
         a.set_xscale("log")
         a.set_xlabel("parameters")

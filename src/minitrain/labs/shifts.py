@@ -17,13 +17,20 @@ NEAR = 3  # a diagnose event within this many steps after a boundary is that bou
 LOOSE = {"min_ratio": 1.5, "z": 3.0}  # a lowered detector, to see what a lower bar catches
 
 
+def shifts(run: Run) -> bool:
+    """False for a placebo run: equal weights in every phase (lead_share = 1/K)."""
+    d = run.config["data"]
+    return abs(d["lead_share"] * len(d["sources"]) - 1) > 1e-6
+
+
 def boundaries(run: Run) -> list[int]:
-    """Steps where a phase with other weights than the last one starts, past warm-up and
-    with BEFORE steps of baseline; and within the steps the run has."""
+    """Steps where a phase with another lead than the last one starts, past warm-up and with
+    BEFORE steps of baseline; and within the steps the run has. With equal weights
+    (lead_share = 1/K) the lead changes but the data does not: a placebo boundary."""
     phases = run.log(PHASES)
     first = run.config["optimizer"]["warmup_steps"] + BEFORE
     return [p["step"] for prev, p in zip(phases, phases[1:])
-            if p["weights"] != prev["weights"] and first <= p["step"] < len(run.metrics)]
+            if p["lead"] != prev["lead"] and first <= p["step"] < len(run.metrics)]
 
 
 def bump(x: np.ndarray, s: int) -> float:
@@ -78,6 +85,8 @@ def measure(run: Run) -> dict:
     loose = flagged(run, marks, **LOOSE)
     finite = [r for r in rec if r is not None]
     whole = run.column("train_loss")
+    before = whole[:marks[0]] if marks else whole[:0]
+    before = before[np.isfinite(before)]
     whole = whole[np.isfinite(whole)]
     return {
         "status": run.summary["status"], "n_params": run.summary["n_params"],
@@ -100,6 +109,8 @@ def measure(run: Run) -> dict:
         "diagnose: events elsewhere": at["events elsewhere"],
         "loose detector: boundaries flagged": loose["boundaries flagged"],
         "loose detector: events elsewhere": loose["events elsewhere"],
+        "whole-set train loss before the first boundary": before[-1] if len(before)
+        else np.nan,
         "final whole-set train loss": whole[-1] if len(whole) else np.nan,
         "final val loss": run.summary.get("final_val_loss"),
         "_marks": marks, "_flagged": at["steps"],

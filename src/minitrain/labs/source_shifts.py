@@ -7,11 +7,12 @@ from pathlib import Path
 
 from minitrain.compare import update_page
 from minitrain.labs import clip_label, fmt, load_runs, table
-from minitrain.labs.shifts import LOOSE, measure
+from minitrain.labs.shifts import LOOSE, measure, shifts
 
 
 def _label(run) -> str:
-    return f"{run.config['data']['schedule']} {clip_label(run)}"
+    kind = run.config["data"]["schedule"] if shifts(run) else "equal weights"
+    return f"{kind} {clip_label(run)}"
 
 
 def answers(labels: list[str], results: list[dict]) -> str:
@@ -39,7 +40,7 @@ def report(folder: str | Path, page: str | Path | None = None) -> list[dict]:
     from minitrain.labs import pictures
 
     runs = sorted(load_runs(folder, "mixture", "gpt"),
-                  key=lambda r: (r.config["data"]["schedule"] != "seeded",
+                  key=lambda r: (not shifts(r), r.config["data"]["schedule"] != "seeded",
                                  r.config["optimizer"]["grad_clip"] is not None))
     labels = [_label(r) for r in runs]
     results = [measure(r) for r in runs]
