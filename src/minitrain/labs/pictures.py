@@ -144,16 +144,16 @@ SOURCE_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brow
 
 def shift_panels(runs: list[Run], marks: list[list[int]], flagged: list[list[int]],
                  png: Path) -> None:
-    """Per run (a column): batch loss and pre-clip norm per step, the background shaded by
-    each phase's lead source, the boundaries as dashed lines, diagnose's events as triangles."""
+    """Per run (a row): batch loss and pre-clip norm per step, the background shaded by each
+    phase's lead source, the boundaries as dashed lines, diagnose's events as triangles."""
     from minitrain.rundir import PHASES
 
-    fig, ax = plt.subplots(2, len(runs), figsize=(5.5 * len(runs), 7), squeeze=False)
-    for col, (run, mk, fl) in enumerate(zip(runs, marks, flagged)):
+    fig, ax = plt.subplots(len(runs), 2, figsize=(14, 3 * len(runs)), squeeze=False)
+    for row, (run, mk, fl) in enumerate(zip(runs, marks, flagged)):
         phases = run.log(PHASES)
         names = list(phases[0]["weights"])
         x = np.arange(len(run.metrics))
-        for row, key, title in ((0, "loss", "batch loss"),
+        for col, key, title in ((0, "loss", "batch loss"),
                                 (1, "grad_norm_pre_clip", "pre-clip gradient norm")):
             a, y = ax[row, col], run.column(key)
             a.semilogy(x, y, lw=0.7, color="black")
@@ -165,14 +165,14 @@ def shift_panels(runs: list[Run], marks: list[list[int]], flagged: list[list[int
             fl = [s for s in fl if s < len(y)]
             a.plot(fl, y[fl], "v", color="tab:red", ms=7)
             clip = run.config["optimizer"]["grad_clip"]
-            if row == 1 and clip is not None:
+            if col == 1 and clip is not None:
                 a.axhline(clip, color="grey", lw=0.8, ls=":")
             a.set_xlim(0, len(x))
             a.set_title(f"{run.path.parent.name} {clip_label(run)}: {title}", fontsize=9)
             a.set_xlabel("step")
         handles = [plt.Rectangle((0, 0), 1, 1, color=SOURCE_COLOURS[i], alpha=0.3)
                    for i in range(len(names))]
-        ax[0, col].legend(handles, [f"lead: {n}" for n in names], fontsize=7)
+        ax[row, 0].legend(handles, [f"lead: {n}" for n in names], fontsize=7)
     _save(fig, png)
 
 
