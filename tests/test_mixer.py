@@ -222,3 +222,19 @@ def test_lab_reports_fill_their_pages(mixture_runs, tmp_path):
     assert {c["clip"] for c in cells} == {"no clip", "clip 1"}
     assert torch.isfinite(torch.tensor([m["loss bump at boundaries (median)"]
                                         for m in results])).all()
+
+
+def test_a_resumed_mixture_run_writes_the_same_logs(tmp_path):
+    def cfg(steps):
+        return config.load(ROOT / LAB, [
+            "model.n_embd=16", "model.n_layer=1", "model.n_head=2", f"train.steps={steps}",
+            "train.checkpoint_every=13", "data.schedule=bandit", "data.phase_min=5",
+            "data.phase_max=9", "optimizer.warmup_steps=5"])
+    train(cfg(30), tmp_path / "whole", progress=False)
+    train(cfg(13), tmp_path / "cut", progress=False)  # a checkpoint at step 13
+    train(cfg(30), tmp_path / "cut", progress=False, resume=True)
+    for name in (BATCHES, PHASES):  # the bandit's state came back whole
+        assert (tmp_path / "cut" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()
+    cut, whole = load_run(tmp_path / "cut"), load_run(tmp_path / "whole")
+    for key in ("loss", "grad_norm_pre_clip"):  # (step 12 was the cut run's last: evaluated)
+        assert cut.column(key).tolist() == whole.column(key).tolist()
