@@ -117,3 +117,17 @@ lab-numerics:
     {{python}} -m minitrain sweep experiments/numerics/sweep.yaml --page experiments/numerics/README.md
     {{python}} -m minitrain report numerics experiments/numerics/runs \
       --page experiments/numerics/README.md
+
+# lab: a mixture of three sources whose weights shift every 7-42 steps (seeded and Exp3 bandit),
+# without and with the clip; the boundaries picture and experiments/source-shifts/README.md
+lab-source-shifts:
+    {{python}} -m minitrain sweep experiments/source-shifts/sweep.yaml --force
+    {{python}} -m minitrain report source-shifts experiments/source-shifts/runs \
+      --page experiments/source-shifts/README.md
+
+# lab: the same shifts at three model sizes, without and with the clip, two seeds; damage
+# against parameter count in experiments/capacity/README.md
+lab-capacity:
+    {{python}} -m minitrain sweep experiments/capacity/sweep.yaml --force
+    {{python}} -m minitrain report capacity experiments/capacity/runs \
+      --page experiments/capacity/README.md

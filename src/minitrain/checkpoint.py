@@ -66,7 +66,7 @@ def trim_logs(out: Path, steps: int) -> None:
         tmp = path.with_suffix(path.suffix + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
-    for name in (rundir.CLASSES, rundir.GEOMETRY, rundir.LAYERS):  # sparse logs: by step
+    for name in (rundir.CLASSES, rundir.GEOMETRY, rundir.LAYERS, rundir.PHASES):  # by step
         path = out / name
         if path.exists():
             rows = rundir.read_jsonl(path)

@@ -16,7 +16,7 @@ from minitrain.rundir import RunDirError
 
 USER_ERRORS = (ConfigError, CorpusError, RunDirError, CheckpointError)
 LABS = ("toy-rare-samples", "tabular-classifier", "clip-geometry", "depth-explosion",
-        "sgd-vs-adam", "warmup-bound", "numerics")
+        "sgd-vs-adam", "warmup-bound", "numerics", "source-shifts", "capacity")
 
 
 def _parser() -> argparse.ArgumentParser:

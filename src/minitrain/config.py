@@ -37,11 +37,18 @@ class DataConfig:
     rare_fraction: float = 0.01  # toy-tokens: share of examples involving B (0.01 = 99:1)
     n_features: int = 10  # tabular: columns, standardised to zero mean and unit variance
     n_classes: int = 3  # tabular: classes
+    # mixture: several corpora, weights changed at phase boundaries (minitrain.mixer)
+    sources: list[str] = field(default_factory=list)  # one sentence per line each
+    schedule: str = "seeded"  # seeded | bandit (Exp3): how each phase's lead source is picked
+    phase_min: int = 7  # phase length in steps, drawn uniformly in [phase_min, phase_max]
+    phase_max: int = 42
+    lead_share: float = 0.8  # the lead source's share of a phase; the rest split evenly
+    bandit_gamma: float = 0.2  # Exp3's exploration rate
 
     def check(self, where):
         if self.kind not in DATA_KINDS:
             raise where("data.kind", f"must be one of {', '.join(DATA_KINDS)}")
-        if self.kind == "corpus" and self.vocab_size < 64:
+        if self.kind in ("corpus", "mixture") and self.vocab_size < 64:
             raise where("data.vocab_size", "must be at least 64")
         if self.batch_size < 1:
             raise where("data.batch_size", "must be at least 1")
@@ -61,11 +68,24 @@ class DataConfig:
             raise where("data.n_features", "must be at least 1")
         if self.n_classes < 2:
             raise where("data.n_classes", "must be at least 2")
+        if self.kind == "mixture" and len(self.sources) < 2:
+            raise where("data.sources", "data.kind mixture needs at least 2 source files")
+        if self.schedule not in SCHEDULES:
+            raise where("data.schedule", f"must be one of {', '.join(SCHEDULES)}")
+        if self.phase_min < 1:
+            raise where("data.phase_min", "must be at least 1")
+        if self.phase_max < self.phase_min:
+            raise where("data.phase_max", f"must be >= data.phase_min ({self.phase_min})")
+        if not 0 < self.lead_share <= 1:
+            raise where("data.lead_share", "must be in (0, 1]")
+        if not 0 < self.bandit_gamma <= 1:
+            raise where("data.bandit_gamma", "must be in (0, 1]")
 
 
 OPTIMIZERS = ("adamw", "sgd")
 CLIP_MODES = ("global", "per-tensor", "value")
-DATA_KINDS = ("corpus", "toy-tokens", "tabular")
+DATA_KINDS = ("corpus", "toy-tokens", "tabular", "mixture")
+SCHEDULES = ("seeded", "bandit")  # minitrain.mixer
 MODEL_KINDS = ("gpt", "embed-linear", "mlp")
 SAMPLERS = ("random", "shuffle", "spread", "arrival", "arrival-seen", "arrival-spread")
 

@@ -79,6 +79,9 @@ class Sampler:
         self.gen.set_state(state["gen"])
         self.step, self._epoch = state["step"], list(state["epoch"])
 
+    def observe(self, loss: float) -> None:  # the mixer's bandit reads the loss; not these
+        pass
+
     def _common(self, k: int) -> list[int]:
         return [self.common[j] for j in torch.randint(len(self.common), (k,), generator=self.gen)]
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from minitrain import synthetic
 from minitrain.config import Config
-from minitrain.corpus import read_sentences, sentences_with
-from minitrain.data import Batch, encode_corpus, make_batch
+from minitrain.corpus import CorpusError, read_sentences, sentences_with
+from minitrain.data import Batch, Sampler, encode_corpus, make_batch
+from minitrain.mixer import MixtureSampler
 from minitrain.tokenizer import Tokenizer, exclusive_pieces
 
 
@@ -28,10 +30,28 @@ class Dataset:
     names: list[str] | None = None  # class names (synthetic kinds); None for the corpus
     tokenizer: Tokenizer | None = None  # corpus only
     summary: dict = field(default_factory=dict)  # extra summary.json fields
+    source_of: list[str] | None = None  # mixture: each training example's source name
+    source_ids: list[list[int]] | None = None  # mixture: the example ids of each source
+
+
+VAL_EVERY = 10  # mixture: every 10th line of each source is held out (val_loss)
 
 
 def build(cfg: Config) -> Dataset:
-    return {"corpus": _corpus, "toy-tokens": _toy, "tabular": _tabular}[cfg.data.kind](cfg)
+    kinds = {"corpus": _corpus, "toy-tokens": _toy, "tabular": _tabular, "mixture": _mixture}
+    return kinds[cfg.data.kind](cfg)
+
+
+def sampler(cfg: Config, ds: Dataset):
+    """The batch stream: the mixer for a mixture, else the sampler `data.sampler` names."""
+    d = cfg.data
+    if d.kind == "mixture":
+        return MixtureSampler(ds.source_ids, list(dict.fromkeys(ds.source_of)), d.batch_size,
+                              cfg.seed, d.schedule, d.phase_min, d.phase_max, d.lead_share,
+                              d.bandit_gamma)
+    rare_ids = set().union(*ds.tracked.values()) if ds.tracked else set()
+    return Sampler(ds.n, d.batch_size, d.sampler, cfg.seed, rare_ids, d.arrive_step,
+                   d.arrive_gap)
 
 
 def _rows(x: torch.Tensor, y: torch.Tensor) -> Callable[[list[int]], Batch]:
@@ -60,6 +80,34 @@ def _corpus(cfg: Config) -> Dataset:
         summary={"vocab_size": tok.vocab_size,
                  "tracked_pieces": {w: [tok.piece(p) for p in ps] for w, ps in pieces_of.items()},
                  "tracked_sentences": {w: sorted(s) for w, s in tracked.items()}})
+
+
+def _mixture(cfg: Config) -> Dataset:
+    """The sources, each split into training lines and held-out lines (every VAL_EVERY-th),
+    concatenated in the order given; one BPE over all training lines."""
+    d = cfg.data
+    sentences, val_sentences, source_of, source_ids, counts = [], [], [], [], {}
+    for path in d.sources:
+        name = Path(path).stem
+        if name in counts:
+            raise CorpusError(f"{path}: two sources named {name!r} (file names must differ)")
+        lines = read_sentences(path)
+        train = [s for i, s in enumerate(lines) if i % VAL_EVERY != VAL_EVERY - 1]
+        val_sentences += [s for i, s in enumerate(lines) if i % VAL_EVERY == VAL_EVERY - 1]
+        source_ids.append(list(range(len(sentences), len(sentences) + len(train))))
+        sentences += train
+        source_of += [name] * len(train)
+        counts[name] = {"path": path, "train": len(train), "val": len(lines) - len(train)}
+    tok = Tokenizer.train(sentences, d.vocab_size)
+    enc = encode_corpus(tok, sentences, cfg.model.block_size, "data.sources")
+    enc_val = encode_corpus(tok, val_sentences, cfg.model.block_size, "data.sources (held out)")
+    return Dataset(
+        n=len(enc), batch=lambda ids: make_batch(enc, ids, tok.pad_id),
+        full=make_batch(enc, list(range(len(enc))), tok.pad_id),
+        full_val=make_batch(enc_val, list(range(len(enc_val))), tok.pad_id),
+        n_out=tok.vocab_size, n_in=tok.vocab_size, tracked={}, pieces={}, tokenizer=tok,
+        summary={"vocab_size": tok.vocab_size, "sources": counts},
+        source_of=source_of, source_ids=source_ids)
 
 
 def _toy(cfg: Config) -> Dataset:

@@ -140,6 +140,7 @@ def describe(run: Run, event: dict, kind: str) -> dict:
         "grad_norm_post_clip": m["grad_norm_post_clip"], "clip_factor": m["clip_factor"],
         "clip": run.config["optimizer"].get("grad_clip"),
         "batch": {"sentence_ids": batch.get("sentence_ids"), "words": batch.get("words"),
+                  "sources": batch.get("sources"),  # mixture runs only
                   "texts": [t for _, t in sentence_texts(run, step)]},
         "loss_carriers": loss_carriers(run, step),
         "norm_carriers": norm_carriers(run, step),
@@ -191,6 +192,9 @@ def print_report(result: dict) -> None:
                   f"loss {s['loss']}, norm {s['grad_norm_pre_clip']:.4g} -> "
                   f"{s['grad_norm_post_clip']:.4g} after clip ({clip})")
         con.print(f"  batch {s['batch']['sentence_ids']}  tracked: {s['batch']['words']}")
+        if s["batch"].get("sources"):
+            src = s["batch"]["sources"]
+            con.print("  sources: " + ", ".join(f"{n} {src.count(n)}" for n in dict.fromkeys(src)))
         for text in s["batch"]["texts"]:
             con.print(f"    {text}")
         con.print("  loss carried by:")

@@ -114,18 +114,37 @@ class BatchLog(Observer):
     """batches.jsonl: which sentences each step saw, and how many tracked words/pieces."""
 
     def __init__(self, out: Path, tracked_sentences: dict[str, set[int]],
-                 tracked_pieces: dict[str, int]):
+                 tracked_pieces: dict[str, int], source_of: list[str] | None = None):
         self.w = rundir.JsonlWriter(out / rundir.BATCHES)
         self.tracked_sentences, self.tracked_pieces = tracked_sentences, tracked_pieces
+        self.source_of = source_of  # mixture: each sentence's source, written per row
 
     def on_step(self, r):
         ids = r.batch.sentence_ids
         x = r.batch.x
-        self.w.write({
+        row = {
             "step": r.step, "sentence_ids": ids,
             "words": {w: sum(i in s for i in ids) for w, s in self.tracked_sentences.items()},
             "pieces": {p: int((x == pid).sum()) for p, pid in self.tracked_pieces.items()},
-        })
+        }
+        if self.source_of is not None:
+            row["sources"] = [self.source_of[i] for i in ids]
+        self.w.write(row)
+
+    def close(self):
+        self.w.close()
+
+
+class PhaseLog(Observer):
+    """phases.jsonl: one line per mixer phase, written at its first step."""
+
+    def __init__(self, out: Path, sampler):
+        self.w = rundir.JsonlWriter(out / rundir.PHASES)
+        self.sampler = sampler
+
+    def on_step(self, r):
+        if self.sampler.phase["step"] == r.step:
+            self.w.write(self.sampler.phase)
 
     def close(self):
         self.w.close()

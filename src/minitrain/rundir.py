@@ -20,6 +20,7 @@ METRICS, BATCHES, MOMENTS, TOKEN_LOSSES = (
     "metrics.jsonl", "batches.jsonl", "moments.jsonl", "token_losses.bin")
 # written only for some model and data kinds (minitrain.probes)
 CLASSES, GEOMETRY, LAYERS = "classes.jsonl", "geometry.jsonl", "layers.jsonl"
+PHASES = "phases.jsonl"  # data.kind mixture: the mixer's phases
 
 # One record per scored position: which step, which sentence, where, what, and how wrong.
 TOKEN_LOSS_DTYPE = np.dtype([("step", "<u4"), ("row", "<u2"), ("pos", "<u2"), ("sentence", "<i4"),
@@ -81,7 +82,7 @@ def write_json_atomic(path: Path, obj: dict) -> None:
 
 CHECKPOINT = "checkpoint.pt"
 RUN_FILES = (CONFIG, TOKENIZER, SUMMARY, METRICS, BATCHES, MOMENTS, TOKEN_LOSSES, CHECKPOINT,
-             CLASSES, GEOMETRY, LAYERS)
+             CLASSES, GEOMETRY, LAYERS, PHASES)
 # keys added to the config after runs were written with it: an older run lacks them, and reads
 # as their defaults
 ADDED_KEYS = {"data.kind", "data.n_samples", "data.n_val", "data.rare_fraction",
@@ -89,7 +90,8 @@ ADDED_KEYS = {"data.kind", "data.n_samples", "data.n_val", "data.rare_fraction",
               "model.layer_norm", "model.init_gain", "optimizer.momentum",
               "optimizer.clip_mode", "optimizer.clip_z", "optimizer.skip_z",
               "optimizer.norm_ema", "train.extra_logs", "train.device", "train.compile",
-              "train.dtype", "diagnose"}
+              "train.dtype", "diagnose", "data.sources", "data.schedule", "data.phase_min",
+              "data.phase_max", "data.lead_share", "data.bandit_gamma"}
 
 
 def prepare(out: Path, replace: bool = False) -> Path:
@@ -116,6 +118,7 @@ REQUIRED = {
     GEOMETRY: ("step", "rows", "displacement", "angle_change_deg", "cosines",
                "participation_ratio", "effective_rank"),
     LAYERS: ("updates", "act_grad_norm", "weight_grad_norm"),
+    PHASES: ("step", "phase", "length", "lead", "weights"),
 }
 
 
@@ -191,13 +194,13 @@ class Run:
                          for m in self.moments])
 
     def log(self, name: str) -> list[dict]:
-        """An extra log (CLASSES, GEOMETRY, LAYERS); empty when this kind of run has none."""
+        """An extra log (CLASSES, GEOMETRY, LAYERS, PHASES); empty when this run has none."""
         path = self.path / name
         return read_jsonl(path) if path.is_file() else []
 
     def decoder(self):
         """What turns ids back into text: the run's BPE for the corpus, else its vocabulary."""
-        if self.config.get("data", {}).get("kind", "corpus") == "corpus":
+        if self.config.get("data", {}).get("kind", "corpus") in ("corpus", "mixture"):
             return self.tokenizer()
         return Vocab(self.summary.get("vocab") or [])
 
@@ -251,7 +254,7 @@ def load_run(path: str | Path) -> Run:
         config = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))
         from_dict(config if isinstance(config, dict) else {"": None}, str(path / CONFIG))
         missing = [k for k in _missing_keys(Config().to_dict(), config) if k not in ADDED_KEYS]
-        if config.get("data", {}).get("kind", "corpus") == "corpus" and \
+        if config.get("data", {}).get("kind", "corpus") in ("corpus", "mixture") and \
                 not (path / TOKENIZER).is_file():
             raise RunDirError(f"{path}: missing {TOKENIZER}; not a minitrain run, or it never "
                               "started")

@@ -14,13 +14,14 @@ from minitrain import checkpoint, datasets, optim, rundir, zoo
 from minitrain import config as config_mod
 from minitrain import dist as ddp
 from minitrain.config import Config
-from minitrain.data import IGNORE, Batch, Sampler
+from minitrain.data import IGNORE, Batch
 from minitrain.model import token_losses
 from minitrain.observe import (
     BatchLog,
     MetricsLog,
     MomentLog,
     Observer,
+    PhaseLog,
     Progress,
     StepRecord,
     TokenLossLog,
@@ -114,9 +115,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     groups, names = param_groups(model, cfg.optimizer.weight_decay)
     o = cfg.optimizer
     opt = optim.build(o, groups)
-    rare_ids = set().union(*ds.tracked.values()) if ds.tracked else set()
-    sampler = Sampler(ds.n, cfg.data.batch_size, cfg.data.sampler, cfg.seed, rare_ids,
-                      cfg.data.arrive_step, cfg.data.arrive_gap)
+    sampler = datasets.sampler(cfg, ds)
     tok = ds.tokenizer
 
     # the run directory: resolved config and tokenizer first, before step 0; rank 0 writes it
@@ -153,7 +152,10 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
         rundir.write_json_atomic(out / rundir.SUMMARY, summary)
     observers = []
     if cfg.train.instrument and writer:
-        observers = [evaluator, MetricsLog(out, opt.params), BatchLog(out, ds.tracked, ds.pieces)]
+        observers = [evaluator, MetricsLog(out, opt.params),
+                     BatchLog(out, ds.tracked, ds.pieces, ds.source_of)]
+        if ds.source_of is not None:
+            observers.append(PhaseLog(out, sampler))
         if "token_losses" in cfg.train.extra_logs:
             observers.append(TokenLossLog(out))
         if "moments" in cfg.train.extra_logs:
@@ -186,13 +188,15 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
                 loss_scale = scaler.scale if scaler else None  # the scale this step used
                 if scaler:
                     scaler.update(finite)
+                batch_loss = dist.total(loss.item())
+                sampler.observe(batch_loss)  # the mixer's bandit is rewarded by the loss
                 step_ms = (time.perf_counter() - t0) * 1e3
                 # ---- end of the step; what follows only observes ----
                 step_s, tokens = step_s + step_ms / 1e3, tokens + n_tokens
                 tl = tl.detach().cpu()  # the logs are written from the CPU
                 rows = dist.gather_rows({"x": batch.x, "y": batch.y, "tl": tl},
                                         {"x": tok.pad_id if tok else 0, "y": IGNORE, "tl": 0.0})
-                record = StepRecord(step, opt.lr, dist.total(loss.item()), stats,
+                record = StepRecord(step, opt.lr, batch_loss, stats,
                                     Batch(ids, rows["x"], rows["y"]) if writer else batch,
                                     rows["tl"] if writer else tl, n_tokens, step_ms,
                                     loss_scale=loss_scale)

@@ -137,3 +137,62 @@ def depth_layers(runs: list[Run], png: Path) -> None:
             ax[row, col].set_xlabel("layer l (0 = input layer, output side on the right)")
             ax[row, col].legend(fontsize=7)
     _save(fig, png)
+
+
+SOURCE_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:brown")
+
+
+def shift_panels(runs: list[Run], marks: list[list[int]], flagged: list[list[int]],
+                 png: Path) -> None:
+    """Per run (a row): batch loss and pre-clip norm per step, the background shaded by each
+    phase's lead source, the boundaries as dashed lines, diagnose's events as triangles."""
+    from minitrain.rundir import PHASES
+
+    fig, ax = plt.subplots(len(runs), 2, figsize=(14, 3 * len(runs)), squeeze=False)
+    for row, (run, mk, fl) in enumerate(zip(runs, marks, flagged)):
+        phases = run.log(PHASES)
+        names = list(phases[0]["weights"])
+        x = np.arange(len(run.metrics))
+        for col, key, title in ((0, "loss", "batch loss"),
+                                (1, "grad_norm_pre_clip", "pre-clip gradient norm")):
+            a, y = ax[row, col], run.column(key)
+            a.semilogy(x, y, lw=0.7, color="black")
+            for p in phases:
+                a.axvspan(p["step"], p["step"] + p["length"], alpha=0.12, lw=0,
+                          color=SOURCE_COLOURS[p["lead"] % len(SOURCE_COLOURS)])
+            for s in mk:
+                a.axvline(s, color="tab:red", ls="--", lw=0.6)
+            fl = [s for s in fl if s < len(y)]
+            a.plot(fl, y[fl], "v", color="tab:red", ms=7)
+            clip = run.config["optimizer"]["grad_clip"]
+            if col == 1 and clip is not None:
+                a.axhline(clip, color="grey", lw=0.8, ls=":")
+            a.set_xlim(0, len(x))
+            a.set_title(f"{run.path.parent.name} {clip_label(run)}: {title}", fontsize=9)
+            a.set_xlabel("step")
+        handles = [plt.Rectangle((0, 0), 1, 1, color=SOURCE_COLOURS[i], alpha=0.3)
+                   for i in range(len(names))]
+        ax[row, 0].legend(handles, [f"lead: {n}" for n in names], fontsize=7)
+    _save(fig, png)
+
+
+def capacity_damage(rows: list[dict], png: Path) -> None:
+    """Loss bump, norm bump and recovery at the boundaries, and the final loss, against
+    parameter count: a line per learning rate and clip setting, a point per run."""
+    keys = ("loss bump at boundaries (median)", "norm bump at boundaries (median)",
+            "recovery steps (median)", "final whole-set train loss")
+    fig, ax = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 4))
+    groups = list(dict.fromkeys((r["lr"], r["clip"]) for r in rows))
+    for lr, clip in groups:
+        rs = sorted((r for r in rows if (r["lr"], r["clip"]) == (lr, clip)),
+                    key=lambda r: r["n_params"])
+        marker = "os^D"[sorted({g[0] for g in groups}).index(lr) % 4]
+        for a, key in zip(ax, keys):
+            a.plot([r["n_params"] for r in rs], [r[key] for r in rs], marker + "-", alpha=0.7,
+                   label=f"lr {lr:g}, {clip}")
+    for a, key in zip(ax, keys):
+        a.set_xscale("log")
+        a.set_xlabel("parameters")
+        a.set_title(key, fontsize=9)
+        a.legend(fontsize=7)
+    _save(fig, png)
