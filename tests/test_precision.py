@@ -84,3 +84,22 @@ def test_fp16_training_unscales_before_the_clip(tmp_path):
     assert b["grad_norm_pre_clip"] == pytest.approx(a["grad_norm_pre_clip"], rel=0.02)
     assert b["grad_norm_post_clip"] <= 1.0 + 1e-6 and b["loss_scale"] == 2.0**16
     assert "loss_scale" not in a
+
+
+def test_an_fp16_overflow_drops_the_step_and_the_run_goes_on(tmp_path, monkeypatch):
+    from conftest import ROOT
+    from minitrain import config
+    from minitrain import train as train_mod
+    from minitrain.rundir import load_run
+
+    monkeypatch.setattr(train_mod, "LossScaler", lambda: LossScaler(scale=2.0**40))
+    cfg = config.load(ROOT / "experiments/19-control/config.yaml", [
+        "model.n_layer=1", "model.n_embd=32", "model.n_head=2", "train.steps=40",
+        "train.extra_logs=[]", "train.dtype=float16"])
+    assert train_mod.train(cfg, tmp_path / "run", progress=False)["status"] == "completed"
+    m = load_run(tmp_path / "run").metrics
+    dropped = [r["step"] for r in m if r["skipped"]]
+    assert dropped and dropped == list(range(len(dropped)))  # the first steps, until it fits
+    assert all(r["update_norm"] == 0 for r in m[:len(dropped)]) and m[-1]["update_norm"] > 0
+    scales = [r["loss_scale"] for r in m[:len(dropped) + 1]]
+    assert all(b == a / 2 for a, b in zip(scales, scales[1:]))

@@ -206,7 +206,10 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
                 if writer and cfg.train.checkpoint_every and \
                         done % cfg.train.checkpoint_every == 0:
                     checkpoint.save(out, done, parts)
-                if not (math.isfinite(record.loss) and math.isfinite(stats.grad_norm_pre_clip)):
+                # a non-finite gradient whose step was dropped (fp16 overflow, or the outlier
+                # skip) is handled; anything else non-finite is the end of the run
+                if not math.isfinite(record.loss) or \
+                        not (math.isfinite(stats.grad_norm_pre_clip) or stats.skipped):
                     status = "diverged"
                     break
                 if dist.any(ctrl_c.requested):  # every rank stops after the same step
