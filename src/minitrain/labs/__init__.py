@@ -54,3 +54,17 @@ def table(header: list[str], rows: list[list]) -> str:
 def clip_label(run: Run) -> str:
     c = run.config["optimizer"]["grad_clip"]
     return "no clip" if c is None else f"clip {c:g}"
+
+
+def publish(rows: list[dict], intro: str, key: str, page=None, hide=("run",)) -> str:
+    """One column per run (named by its "run" field), one row per measure; the intro above it;
+    into the page's `<!-- measured:KEY -->` block when a page is given; printed."""
+    from minitrain.compare import update_page
+
+    keys = [k for k in rows[0] if k not in hide]
+    text = intro + "\n\n" + table(["", *(r["run"] for r in rows)],
+                                  [[k, *(r[k] for r in rows)] for k in keys]) + "\n"
+    if page:
+        update_page(page, key, text)
+    print(text)
+    return text

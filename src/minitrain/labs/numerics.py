@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.compare import norm_ratios, update_page, whole_set_around
-from minitrain.labs import clip_label, load_runs, table
+from minitrain.compare import norm_ratios, whole_set_around
+from minitrain.labs import clip_label, load_runs, publish
 from minitrain.rundir import Run
 
 
@@ -46,12 +46,7 @@ def report(folder: str | Path, page: str | Path | None = None) -> list[dict]:
         for dtype in ("float32", "bfloat16", "float16"):
             if fp32 is not None and (clipped, dtype) in runs:
                 rows.append(measure(runs[clipped, dtype], fp32))
-    keys = [k for k in rows[0] if k != "run"]
-    text = table(["", *(r["run"] for r in rows)], [[k, *(r[k] for r in rows)] for k in keys])
-    text = ("Each low-precision run against the fp32 run with the same clip; the forward pass "
-            "only is in low precision (weights, gradients and Adam's moments stay fp32).\n\n"
-            + text + "\n")
-    if page:
-        update_page(page, "numerics", text)
-    print(text)
+    publish(rows, "Each low-precision run against the fp32 run with the same clip; the forward "
+            "pass only is in low precision (weights, gradients and Adam's moments stay fp32).",
+            "numerics", page)
     return rows

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.compare import update_page, whole_set_around
-from minitrain.labs import clip_label, load_runs, table
+from minitrain.compare import whole_set_around
+from minitrain.labs import clip_label, load_runs, publish
 from minitrain.rundir import Run
 
 WINDOW = 50  # ordinary steps before the arrival that set the baseline
@@ -41,15 +41,10 @@ def measure(run: Run) -> dict:
 def report(folder: str | Path, page: str | Path | None = None) -> list[dict]:
     runs = sorted(load_runs(folder, "corpus", "gpt"), key=label)
     rows = [measure(r) for r in runs]
-    keys = [k for k in rows[0] if k not in ("run", "optimizer")]
-    text = table(["", *(r["run"] for r in rows)], [[k, *(r[k] for r in rows)] for k in keys])
-    text = (f"Ratios are to the median of the {WINDOW} steps before the arrival (step "
-            f"{runs[0].config['data']['arrive_step']}); moves are in weight units.\n\n"
-            + text + "\n")
+    publish(rows, f"Ratios are to the median of the {WINDOW} steps before the arrival (step "
+            f"{runs[0].config['data']['arrive_step']}); moves are in weight units.",
+            "sgd-vs-adam", page, hide=("run", "optimizer"))
     _picture(runs, Path(folder) / "sgd-vs-adam.png")
-    if page:
-        update_page(page, "sgd-vs-adam", text)
-    print(text)
     return rows
 
 

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.compare import update_page
 from minitrain.config import OptimizerConfig
-from minitrain.labs import clip_label, load_runs, table
+from minitrain.labs import clip_label, load_runs, publish
 from minitrain.optim import update_bound
 from minitrain.rundir import Run
 
@@ -45,14 +44,9 @@ def measure(run: Run) -> dict:
 def report(folder: str | Path, page: str | Path | None = None) -> list[dict]:
     runs = sorted(load_runs(folder, "corpus", "gpt"), key=label)
     rows = [measure(r) for r in runs]
-    keys = [k for k in rows[0] if k != "run"]
-    text = table(["", *(r["run"] for r in rows)], [[k, *(r[k] for r in rows)] for k in keys])
-    text = ("Moves and bounds in weight units (`update_max` in `metrics.jsonl`; "
-            "`optim.update_bound`; n/a: no bound without a clip).\n\n" + text + "\n")
+    publish(rows, "Moves and bounds in weight units (`update_max` in `metrics.jsonl`; "
+            "`optim.update_bound`; n/a: no bound without a clip).", "warmup-bound", page)
     _picture(runs, Path(folder) / "warmup-bound.png")
-    if page:
-        update_page(page, "warmup-bound", text)
-    print(text)
     return rows
 
 
