@@ -27,6 +27,7 @@ def measure(run: Run, fp32: Run) -> dict:
         "run": f"{run.config['train']['dtype']}, {clip_label(run)}",
         "status": run.summary["status"],
         "steps skipped (overflow)": int(sum(bool(m.get("skipped")) for m in run.metrics)),
+        "at steps": ", ".join(str(m["step"]) for m in run.metrics if m.get("skipped")) or "-",
         "smallest loss scale": float(np.nanmin(scales)) if np.isfinite(scales).any() else None,
         "batch loss vs fp32 before the arrival, largest |diff|":
             float(np.max(np.abs(loss[:n] - ref[:n]))),
