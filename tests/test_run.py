@@ -240,12 +240,21 @@ def test_bad_checkpoints_are_one_line_errors(pair, tmp_path):
     assert r.returncode == 2 and "does not fit" in r.stderr
 
 
+def _free_port() -> int:
+    """A port nothing listens on now, so two test runs (or a stale process) never collide."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def test_two_processes_equal_one_with_the_same_global_batch(pair, tmp_path):
     """torchrun, 2 CPU processes, gloo: each trains on half the batch; the gradients summed
     across them (and so the clip's global norm and every update) match one process."""
     (_, one), _ = pair
     args = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-            "--master_port=29531", "-m", "minitrain", "train",
+            f"--master_port={_free_port()}", "-m", "minitrain", "train",
             "experiments/19-control/config.yaml", "--out", str(tmp_path / "ddp"), "--quiet",
             *(x for kv in TINY for x in ("--set", kv))]
     r = subprocess.run(args, capture_output=True, text=True, timeout=300)
@@ -327,17 +336,17 @@ def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     args = [sys.executable, "-m", "minitrain", "train", "experiments/19-control/config.yaml",
             "--out", str(out), "--quiet", *(x for kv in TINY[:-3] for x in ("--set", kv)),
             "--set", "train.steps=100000", "--set", "train.checkpoint_every=0"]
-    procs = []
+    procs, port = [], str(_free_port())
     for rank in (0, 1):
         env = {**os.environ, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
-               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29533"}
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
         procs.append(subprocess.Popen(args, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True))
     _wait_for_steps(out, 5)
     for _ in range(2):  # a terminal's Ctrl-C, then torchrun forwarding it: one request
         procs[1].send_signal(signal.SIGINT)
     errs = [p.communicate(timeout=60)[1] for p in procs]
-    assert [p.returncode for p in procs] == [130, 130], errs
+    assert [p.returncode for p in procs] == [130, 130], [e[-1500:] for e in errs]
     run = load_run(out)
     assert run.summary["status"] == "interrupted" and run.summary["world_size"] == 2
     n = run.summary["steps_completed"]

@@ -106,3 +106,48 @@ def test_bad_sweep_specs_are_one_line_errors(tmp_path, text, message):
 def test_shipped_sweep_validates():
     spec = sweep.load_spec(ROOT / "experiments/19-sweep/sweep.yaml")
     assert len(spec.seeds) >= 20 and len(spec.cells) >= 7
+
+
+def _sweep_block(page):
+    text = page.read_text(encoding="utf-8")
+    block = text.split("<!-- measured:sweep -->")[1].split("<!-- /measured:sweep -->")[0]
+    lines = [ln for ln in block.strip().splitlines() if ln.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for ln in lines[2:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(head, cells))
+    return rows
+
+
+def _num(cell):
+    return float(cell.rstrip("%")) / (100 if cell.endswith("%") else 1)
+
+
+def test_exercise_page_reading_matches_its_sweep_block():
+    """The statements under the exercise page's sweep table, against that table."""
+    rows = _sweep_block(ROOT / "experiments/19-break-no-clip/README.md")
+    n = {c: int(r["runs"]) for c, r in rows.items()}
+    assert min(n.values()) >= 20
+    assert all(r["diverged"] == "0" for r in rows.values())
+    b = rows["no clip (Run B)"]
+    assert int(b["spiked"]) >= 0.9 * n["no clip (Run B)"]
+    assert int(b["rise > 0.1"]) >= 0.9 * n["no clip (Run B)"] and b["not back by the end"] == "0"
+    for c in ("clip 1.0 (Run A)", "clip 0.5"):
+        assert rows[c]["rise > 0.1"] == "0" and _num(rows[c]["clipped ordinary steps"]) >= 0.8
+    far = rows["clip 3.0"]
+    assert _num(far["clipped ordinary steps"]) < 0.05 and _num(far["ordinary norm"]) < 0.4
+    assert int(far["rise > 0.1"]) >= 0.8 * n["clip 3.0"]
+    adaptive = rows["adaptive z=2.5"]
+    assert int(adaptive["rise > 0.1"]) >= 0.9 * n["adaptive z=2.5"]
+    skip = rows["skip z>6"]
+    assert int(skip["rise > 0.1"]) <= 0.2 * n["skip z>6"] and _num(skip["skipped steps"]) >= 10
+    assert abs(_num(skip["median final - before"])) < 0.5 * abs(
+        _num(b["median final - before"]))
+    strat = rows["stratified batches"]
+    assert int(strat["spiked"]) <= 0.1 * n["stratified batches"]
+    assert _num(strat["median ratio"]) < 0.5 * _num(b["median ratio"])
+    assert int(strat["rise > 0.1"]) >= 0.9 * n["stratified batches"]
+    seen = rows["not rare (seen from step 0)"]
+    assert seen["spiked"] == "0" and _num(seen["median whole-set rise"]) < 0.05
+    assert int(seen["spiked later"]) >= 1 and 1 <= int(seen["rise > 0.1"]) < int(b["rise > 0.1"])

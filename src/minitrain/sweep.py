@@ -214,6 +214,7 @@ def run_row(path: Path) -> dict:
         "ordinary_norm": float(np.median(g[max(start, step - 50):step])) if step > start
         else np.nan,
         "spiked": any(step <= e["step"] <= step + 5 for e in events),
+        "spiked_later": any(e["step"] > step + 5 for e in events),
         "ratio": float(norm_ratios(run)[step]),
         "whole_before": around["whole_before"], "whole_rise": around["whole_rise"],
         "recovery_steps": 0 if back == "no rise" else back,
@@ -222,7 +223,7 @@ def run_row(path: Path) -> dict:
     return row
 
 
-COLUMNS = ["cell", "seed", "status", "spiked", "diverged", "ordinary_norm", "ratio",
+COLUMNS = ["cell", "seed", "status", "spiked", "spiked_later", "diverged", "ordinary_norm", "ratio",
            "whole_before",
            "whole_rise", "recovery_steps", "final_gap", "clipped_ordinary", "skipped_steps"]
 
@@ -252,6 +253,7 @@ def cell_table(rows: list[dict]) -> list[dict]:
         out.append({
             "cell": label, "runs": len(rs),
             "spiked": sum(bool(r.get("spiked")) for r in rs),
+            "spiked later": sum(bool(r.get("spiked_later")) for r in rs),
             "diverged": sum(r["diverged"] for r in rs),
             "ordinary norm": _median(r.get("ordinary_norm") for r in rs),
             "median ratio": _median(r.get("ratio") for r in rs),
