@@ -33,15 +33,13 @@ def _ratio(post: float, pre: float) -> float:
 
 @torch.no_grad()
 def clip_grads(grads: list[torch.Tensor], threshold: float | None, mode: str = "global",
-               tensor_norms: torch.Tensor | None = None, g_norm: float | None = None,
-               scale_only: bool = False) -> ClipResult:
+               tensor_norms: torch.Tensor | None = None, g_norm: float | None = None
+               ) -> ClipResult:
     """Clip `grads` (not in place) by `threshold` (None = off):
     global:     g *= min(1, threshold / (||g|| + 1e-12)), ||g|| over all tensors together
     per-tensor: g_i *= min(1, threshold / (||g_i|| + 1e-12)), each tensor on its own
     value:      each element clamped to [-threshold, threshold]
-    `tensor_norms` and `g_norm` may be passed when the caller already has them. With
-    `scale_only`, the global mode returns the raw grads and only the factor, for a caller that
-    folds it into its own update (no copy of the gradient)."""
+    `tensor_norms` and `g_norm` may be passed when the caller already has them."""
     if tensor_norms is None:
         tensor_norms = torch.stack(torch._foreach_norm(grads))
     if g_norm is None:
@@ -50,8 +48,8 @@ def clip_grads(grads: list[torch.Tensor], threshold: float | None, mode: str = "
         return ClipResult(grads, g_norm, g_norm, tensor_norms)
     if mode == "global":
         clip_factor = min(1.0, threshold / (g_norm + 1e-12))
-        if clip_factor == 1.0 or scale_only:
-            return ClipResult(grads, g_norm, g_norm * clip_factor, tensor_norms, clip_factor)
+        if clip_factor == 1.0:
+            return ClipResult(grads, g_norm, g_norm, tensor_norms)
         return ClipResult(torch._foreach_mul(grads, clip_factor), g_norm, g_norm * clip_factor,
                           tensor_norms, clip_factor)
     if mode == "per-tensor":
@@ -179,13 +177,14 @@ class Optimizer:
         if cap is not None and (threshold is None or cap < threshold):
             threshold, mode = cap, "global"
         # the clip comes before the moments see the gradient
-        clip = clip_grads(grads, threshold, mode, tensor_norms, g_norm, scale_only=True)
+        # a clipped copy: p.grad stays raw for the observers. (Folding the factor into the
+        # moment update would save the copy but round differently, and a clipped run's
+        # trajectory would no longer repeat the published ones.)
+        clip = clip_grads(grads, threshold, mode, tensor_norms, g_norm)
         if guard.active:
             guard.observe(clip.post_norm)
         self.t += 1
-        # global mode: clip.grads are the raw grads and the factor goes into the update
-        scale = clip.clip_factor if mode == "global" else 1.0
-        update = self._update(clip.grads, scale)
+        update = self._update(clip.grads)
         # p = p - update
         torch._foreach_sub_(self.params, update)
         # both sizes of the update in one copy to the host
@@ -221,19 +220,14 @@ class AdamW(Optimizer):
     def _state(self) -> dict:
         return {"m": self.m, "v": self.v}
 
-    def _update(self, grads, scale=1.0):
-        """The step for gradient `scale * grads` (the global clip's factor)."""
+    def _update(self, grads):
         b1, b2 = self.betas
         lr = self.lr
         # m = b1 m + (1 - b1) g
-        if scale == 1.0:
-            torch._foreach_lerp_(self.m, grads, 1 - b1)
-        else:
-            torch._foreach_mul_(self.m, b1)
-            torch._foreach_add_(self.m, grads, alpha=(1 - b1) * scale)
+        torch._foreach_lerp_(self.m, grads, 1 - b1)
         # v = b2 v + (1 - b2) g^2
         torch._foreach_mul_(self.v, b2)
-        torch._foreach_addcmul_(self.v, grads, grads, value=(1 - b2) * scale * scale)
+        torch._foreach_addcmul_(self.v, grads, grads, value=1 - b2)
         # update = lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
         denom = torch._foreach_sqrt(self.v)
         torch._foreach_div_(denom, math.sqrt(1 - b2**self.t))
@@ -261,12 +255,11 @@ class SGD(Optimizer):
     def _state(self) -> dict:
         return {"m": self.m}
 
-    def _update(self, grads, scale=1.0):
-        """The step for gradient `scale * grads` (the global clip's factor)."""
+    def _update(self, grads):
         # m = momentum m + g + wd * p   (m starts at 0, so the first step's m is g + wd p, as
         # in torch)
         torch._foreach_mul_(self.m, self.momentum)
-        torch._foreach_add_(self.m, grads, alpha=scale)
+        torch._foreach_add_(self.m, grads)
         start = 0
         for g in self.groups:
             n = len(g["params"])
