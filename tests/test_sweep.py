@@ -151,3 +151,10 @@ def test_exercise_page_reading_matches_its_sweep_block():
     seen = rows["not rare (seen from step 0)"]
     assert seen["spiked"] == "0" and _num(seen["median whole-set rise"]) < 0.05
     assert int(seen["spiked later"]) >= 1 and 1 <= int(seen["rise > 0.1"]) < int(b["rise > 0.1"])
+
+
+@pytest.mark.parametrize("spec", sorted((ROOT / "experiments").glob("*/sweep.yaml")),
+                         ids=lambda p: p.parent.name)
+def test_every_shipped_sweep_spec_validates(spec):
+    """Every run a shipped spec would start has a valid config (load_spec checks them all)."""
+    assert sweep.load_spec(spec).runs()
