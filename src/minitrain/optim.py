@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minitrain.config import CLIP_MODES, OptimizerConfig
+from minitrain.config import OptimizerConfig
 
 
 @dataclass
@@ -141,9 +141,7 @@ class Optimizer:
         self.params = [p for g in self.groups for p in g["params"]]
         self.lr = lr
         self.grad_clip = None if grad_clip is None or math.isinf(grad_clip) else grad_clip
-        if clip_mode not in CLIP_MODES:
-            raise ValueError(f"unknown clip mode {clip_mode!r}")
-        self.clip_mode = clip_mode
+        self.clip_mode = clip_mode  # one of CLIP_MODES, checked at config load
         self.guard = guard or NormGuard()
         self.t = 0  # updates applied (skipped steps do not count)
 
@@ -176,8 +174,8 @@ class Optimizer:
         cap = guard.cap()
         if cap is not None and (threshold is None or cap < threshold):
             threshold, mode = cap, "global"
-        # the clip comes before the moments see the gradient
-        # a clipped copy: p.grad stays raw for the observers. (Folding the factor into the
+        # the clip comes before the moments see the gradient, as a clipped copy: p.grad stays
+        # raw for the observers. (Folding the factor into the
         # moment update would save the copy but round differently, and a clipped run's
         # trajectory would no longer repeat the published ones.)
         clip = clip_grads(grads, threshold, mode, tensor_norms, g_norm)

@@ -21,7 +21,7 @@ import torch
 from minitrain import checkpoint, datasets, optim, rundir, zoo
 from minitrain.compare import update_page
 from minitrain.config import from_dict
-from minitrain.data import IGNORE, Sampler
+from minitrain.data import IGNORE
 from minitrain.model import token_losses
 from minitrain.train import param_groups
 
@@ -59,9 +59,7 @@ class Lab:
         self.model = zoo.build(cfg.model, self.ds.n_in, self.ds.n_out)
         groups, self.names = param_groups(self.model, cfg.optimizer.weight_decay)
         self.opt = optim.build(cfg.optimizer, groups)
-        rare = set().union(*self.ds.tracked.values()) if self.ds.tracked else set()
-        self.sampler = Sampler(self.ds.n, cfg.data.batch_size, cfg.data.sampler, cfg.seed,
-                               rare, cfg.data.arrive_step, cfg.data.arrive_gap)
+        self.sampler = datasets.sampler(cfg, self.ds)  # the run's own batch stream
         self.step = checkpoint.load(path, {"model": self.model, "optimizer": self.opt,
                                            "sampler": self.sampler})
 
