@@ -2,6 +2,7 @@
 not "written", built here, with no change to any code."""
 
 import csv
+import json
 import subprocess
 import sys
 
@@ -9,6 +10,7 @@ import pytest
 
 from conftest import ROOT
 from minitrain import config, sweep
+from minitrain.branch import config_gap
 from minitrain.corpus import read_sentences
 from minitrain.diagnose import diagnose
 from minitrain.train import train
@@ -86,6 +88,56 @@ def test_sweep_runs_resumes_and_summarises(tmp_path):
     assert len(rows) == 4 and {r["seed"] for r in rows} == {"1", "2"}
     assert "| no clip | 2 |" in (tmp_path / "summary.md").read_text()
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
+
+
+# the small sweep's runs, with every log (token losses and moments too), for one seed
+BRANCH_SPEC = SPEC.split("cells:")[0].replace("[1, 2]", "[1]").replace(
+    "  - train.extra_logs=[]\n", "") + """\
+branch_from: no clip
+cells:
+  no clip: [train.checkpoint_every=120]
+  stratified: [data.sampler=arrival-spread, data.arrive_gap=1]
+  skip z>6: [optimizer.skip_z=6]
+  clip 0.5: [optimizer.grad_clip=0.5]
+"""
+
+
+def test_branched_runs_equal_runs_trained_from_scratch(tmp_path):
+    """Cells that provably train like the source until its checkpoint start from it; every
+    log they write (token losses and moments included) is byte for byte a from-scratch run's.
+    A cell whose clip would have acted earlier is refused and trained from scratch."""
+    spec_path = tmp_path / "sweep.yaml"
+    spec_path.write_text(BRANCH_SPEC.format(base=ROOT / "experiments/19-break-no-clip/config.yaml",
+                                            out=tmp_path / "runs"), encoding="utf-8")
+    spec = sweep.load_spec(spec_path)
+    lines = []
+    counts = sweep.run(spec, log=lines.append)
+    assert counts == {"already done": 0, "completed": 4, "branched": 2}
+    assert any("clip-0.5" in ln and "from scratch: the clip would have acted at step 0" in ln
+               for ln in lines)
+    for label, overrides, path in spec.runs()[1:3]:
+        summary = json.loads((path / "summary.json").read_text())
+        assert summary["branched_from"]["step"] == 120 and summary["status"] == "completed"
+        scratch = tmp_path / "scratch" / path.parent.name
+        train(config.load(spec.base, overrides), scratch, progress=False)
+        for name in ("config.resolved.yaml", "metrics.jsonl", "batches.jsonl", "moments.jsonl",
+                     "token_losses.bin"):
+            assert (path / name).read_bytes() == (scratch / name).read_bytes(), (label, name)
+    # the skip cell's guard statistics were replayed: its log has z-scores from the start
+    metrics = [json.loads(ln) for ln in (spec.runs()[2][2] / "metrics.jsonl").open()]
+    assert metrics[100]["grad_z"] is not None and not any(m["skipped"] for m in metrics[:120])
+
+
+def test_branch_refuses_configs_that_differ_before_the_checkpoint():
+    base = ROOT / "experiments/19-break-no-clip/config.yaml"
+    src = config.load(base)
+    assert config_gap(src, config.load(base, ["optimizer.clip_z=2.5"])) is None  # judged on logs
+    assert "data.sampler differs" in config_gap(src, config.load(base,
+                                                                 ["data.sampler=arrival-seen"]))
+    assert "optimizer.lr differs" in config_gap(src, config.load(base, ["optimizer.lr=0.001"]))
+    spread = config.load(base, ["data.sampler=arrival-spread"])
+    assert config_gap(src, spread, step=1200) is None
+    assert "after data.arrive_step" in config_gap(src, spread, step=1201)
 
 
 @pytest.mark.parametrize("text,message", [

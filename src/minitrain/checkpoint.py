@@ -24,15 +24,18 @@ class CheckpointError(ValueError):
 
 def save(out: Path, step: int, parts: dict) -> None:
     """Write the state after `step` steps (temp file + rename: never half-written)."""
-    state = {"format": FORMAT, "step": step,
-             **{name: p.state_dict() for name, p in parts.items()}}
+    write(out, {"format": FORMAT, "step": step,
+                **{name: p.state_dict() for name, p in parts.items()}})
+
+
+def write(out: Path, state: dict) -> None:
     tmp = out / (FILE + ".tmp")
     torch.save(state, tmp)
     os.replace(tmp, out / FILE)
 
 
-def load(out: Path, parts: dict) -> int:
-    """Restore `parts` from the run's checkpoint; returns the number of steps it holds."""
+def read(out: Path) -> dict:
+    """The run's checkpoint as saved: tensors and plain data only; loading runs no code."""
     path = out / FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint to resume from")
@@ -44,11 +47,17 @@ def load(out: Path, parts: dict) -> int:
         raise CheckpointError(f"{path}: not a minitrain checkpoint ({first[:120]})") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a minitrain checkpoint (format {FORMAT})")
+    return state
+
+
+def load(out: Path, parts: dict) -> int:
+    """Restore `parts` from the run's checkpoint; returns the number of steps it holds."""
+    state = read(out)
     try:
         for name, part in parts.items():
             part.load_state_dict(state[name])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        raise CheckpointError(f"{path}: does not fit this run ({str(e)[:120]})") from None
+        raise CheckpointError(f"{out / FILE}: does not fit this run ({str(e)[:120]})") from None
     return int(state["step"])
 
 

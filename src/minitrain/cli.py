@@ -90,7 +90,15 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{out}: {summary['status']} after {summary['steps_completed']} steps, "
                       f"whole-set loss {summary['final_train_loss']}, {summary['wall_s']} s")
             # a diverged run is a result of the experiment, not a failure of the command
-            return 130 if summary["status"] == "interrupted" else 0
+            code = 130 if summary["status"] == "interrupted" else 0
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                # every file is closed and the process group destroyed; torch 2.13's gloo
+                # can still abort now and then in interpreter teardown ("terminate called
+                # without an active exception"), which torchrun reports as a failed run
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+            return code
         if args.command == "compare":
             from minitrain.compare import report
 

@@ -20,14 +20,34 @@ from minitrain.model import token_losses
 from minitrain.optim import Optimizer, StepStats
 
 
-@torch.no_grad()
-def mean_loss(model, x, y, chunk: int = 256) -> float:
-    """Mean token loss over a whole padded set, in chunks of sentences."""
+def length_chunks(x: torch.Tensor, y: torch.Tensor, chunk: int = 64
+                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A whole set cut for evaluation: rows sorted by their last scored position, in chunks of
+    `chunk`, each cut to its own longest row. Token sequences only (x integer, x and y (N, T));
+    the models here are causal or per-position, so what follows a row's last scored position
+    cannot change its losses, and a chunk of short rows costs what short rows cost."""
+    if x.is_floating_point() or x.dim() != 2 or x.shape != y.shape:
+        return [(x[i:i + chunk], y[i:i + chunk]) for i in range(0, len(x), chunk)]
+    scored = y != IGNORE
+    pos = torch.arange(1, y.shape[1] + 1, device=y.device)
+    ends = (scored * pos).amax(dim=1)  # 1 + last scored position; 0 for a row with none
+    order = torch.argsort(ends, stable=True)
+    out = []
+    for i in range(0, len(order), chunk):
+        rows = order[i:i + chunk]
+        T = max(1, int(ends[rows].max()))
+        out.append((x[rows, :T], y[rows, :T]))
+    return out
+
+
+@torch.inference_mode()
+def mean_loss(model, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Mean token loss over a whole set given as `length_chunks`."""
     total, count = 0.0, 0
-    for i in range(0, len(x), chunk):
-        tl = token_losses(model(x[i:i + chunk]), y[i:i + chunk], IGNORE)
+    for x, y in chunks:
+        tl = token_losses(model(x), y, IGNORE)
         total += float(tl.sum())
-        count += int((y[i:i + chunk] != IGNORE).sum())
+        count += int((y != IGNORE).sum())
     return total / count
 
 
@@ -58,7 +78,9 @@ class WholeSetLoss(Observer):
     so the whole-set curve around a spike is complete. Must run before the writers."""
 
     def __init__(self, model, sets, total_steps, every, warmup, jump=3.0, dense=100, window=50):
-        self.model, self.sets = model, sets  # {"train_loss": Batch, "val_loss": Batch}
+        self.model = model
+        # {"train_loss": chunks, "val_loss": chunks}, cut once: the sets never change
+        self.sets = {field: length_chunks(b.x, b.y) for field, b in sets.items()}
         self.total, self.every, self.jump, self.dense = total_steps, every, jump, dense
         self.warmup = warmup  # norms move fast while lr ramps up: no jump is judged there
         self.norms: deque[float] = deque(maxlen=window)
@@ -78,8 +100,8 @@ class WholeSetLoss(Observer):
             self.dense_until = r.step + self.dense
         self.norms.append(g)
         if r.step % self.every == 0 or r.step == self.total - 1 or r.step <= self.dense_until:
-            for field, batch in self.sets.items():
-                setattr(r, field, mean_loss(self.model, batch.x, batch.y))
+            for field, chunks in self.sets.items():
+                setattr(r, field, mean_loss(self.model, chunks))
 
 
 class MetricsLog(Observer):

@@ -160,6 +160,21 @@ class Optimizer:
             for a, b in zip(tensors, state[name], strict=True):
                 a.copy_(b)
 
+    def plan(self, g_norm: float, drop: bool = False
+             ) -> tuple[float, bool, float | None, str]:
+        """What the guards make of a pre-clip global norm, given their history: (z-score,
+        skip the update?, clip threshold or None, clip mode). `step` follows it; `branch`
+        replays it over a logged run to prove the guards would not have acted."""
+        guard = self.guard
+        z = guard.z(g_norm) if guard.active and not drop else math.nan
+        if drop or (guard.skip_z is not None and z > guard.skip_z):
+            return z, True, None, self.clip_mode
+        threshold, mode = self.grad_clip, self.clip_mode
+        cap = guard.cap()
+        if cap is not None and (threshold is None or cap < threshold):
+            threshold, mode = cap, "global"
+        return z, False, threshold, mode
+
     @torch.no_grad()
     def step(self, drop: bool = False) -> StepStats:
         """One update; with `drop` (an fp16 overflow) or an outlier under skip_z, none."""
@@ -167,13 +182,9 @@ class Optimizer:
         tensor_norms = torch.stack(torch._foreach_norm(grads))
         g_norm = float(torch.linalg.vector_norm(tensor_norms))
         guard = self.guard
-        z = guard.z(g_norm) if guard.active and not drop else math.nan
-        if drop or (guard.skip_z is not None and z > guard.skip_z):  # no update at all
+        z, skip, threshold, mode = self.plan(g_norm, drop)
+        if skip:  # no update at all
             return StepStats(g_norm, 0.0, 0.0, 0.0, 0.0, tensor_norms, skipped=True, grad_z=z)
-        threshold, mode = self.grad_clip, self.clip_mode
-        cap = guard.cap()
-        if cap is not None and (threshold is None or cap < threshold):
-            threshold, mode = cap, "global"
         # the clip comes before the moments see the gradient, as a clipped copy: p.grad stays
         # raw for the observers. (Folding the factor into the
         # moment update would save the copy but round differently, and a clipped run's

@@ -6,6 +6,9 @@ A spec (YAML) names a base config and any of: seeds, overrides for every run (`s
 OUT/<cell>/<grid point>/seed-<n>/, ordinary run directories (a level is left out when the
 spec has no cells, grid or seeds). A run whose directory already holds a completed run of the
 same resolved config is not run again, so an interrupted sweep goes on where it stopped.
+With `branch_from: <cell>`, the runs of the other cells start from that cell's checkpoint
+(same seed and grid point) where minitrain.branch proves it changes nothing, and train from
+scratch where it cannot; the log says which, and why.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import itertools
 import json
 import re
 import signal
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,9 +42,18 @@ class Spec:
     jobs: int  # 1: in this process
     out: Path
     summary: bool  # write the arrival table and picture (phase-19-style runs)
+    branch_from: str | None = None  # a cell whose runs the others may branch from
 
     def runs(self) -> list[tuple[str, list[str], Path]]:
         """(cell label, overrides, run directory) for every run, in order."""
+        return [run[:3] for run in self._layout()]
+
+    def sources(self) -> dict[Path, Path]:
+        """run directory -> the run of the `branch_from` cell it may branch from (same grid
+        point, same seed), for the runs of every other cell."""
+        return {path: src for _, _, path, src in self._layout() if src is not None}
+
+    def _layout(self) -> list[tuple[str, list[str], Path, Path | None]]:
         out = []
         points = list(itertools.product(*(vs for _, vs in self.grid)))
         for label, sets in self.cells.items():
@@ -55,7 +67,11 @@ class Spec:
                 for seed in self.seeds or [None]:
                     seed_set = [] if seed is None else [f"seed={seed}"]
                     path = where / f"seed-{seed}" if seed is not None else where
-                    out.append((full, [*self.common, *sets, *point, *seed_set], path))
+                    src = None
+                    if self.branch_from is not None and label != self.branch_from:
+                        src = self.out / slug(self.branch_from) / path.relative_to(
+                            self.out / slug(label))
+                    out.append((full, [*self.common, *sets, *point, *seed_set], path, src))
         return out
 
 
@@ -77,7 +93,7 @@ def load_spec(path: str | Path) -> Spec:
 
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping")
-    known = {"base", "seeds", "set", "cells", "grid", "jobs", "out", "summary"}
+    known = {"base", "seeds", "set", "cells", "grid", "jobs", "out", "summary", "branch_from"}
     for key in raw:
         if key not in known:
             raise bad(key, f"unknown key (expected one of: {', '.join(sorted(known))})")
@@ -106,10 +122,14 @@ def load_spec(path: str | Path) -> Spec:
         raise bad("base", "expected the path of a run config")
     if not isinstance(raw.get("summary", True), bool):
         raise bad("summary", "expected true or false")
+    branch_from = raw.get("branch_from")
+    if branch_from is not None and (not isinstance(branch_from, str) or branch_from not in cells):
+        raise bad("branch_from", "expected the label of one of the cells")
     spec = Spec(path, Path(raw["base"]), seeds, common,
                 {str(k) if k is not None else "": v for k, v in cells.items()},
                 [(str(k), v) for k, v in grid.items()], jobs,
-                Path(raw.get("out", path.parent / "runs")), raw.get("summary", True))
+                Path(raw.get("out", path.parent / "runs")), raw.get("summary", True),
+                branch_from)
     for _, overrides, _ in spec.runs():  # every run's config is validated before any starts
         config_mod.load(spec.base, overrides)
     return spec
@@ -131,15 +151,47 @@ def _done(out: Path, cfg) -> bool:
     return same and summary.get("status") in ("completed", "diverged")
 
 
-def _train_one(base: str, overrides: list[str], out: str) -> str:
+def _train_one(base: str, overrides: list[str], out: str, source: str | None = None
+               ) -> tuple[str, str]:
+    """Train one run, branched from `source` when that is proved to change nothing (see
+    minitrain.branch), else from scratch. Returns (status, how it started)."""
+    from minitrain.branch import branch
     from minitrain.train import train
 
     cfg = config_mod.load(base, overrides)
-    return train(cfg, out, progress=False, replace=True)["status"]
+    why = branch(Path(source), cfg, Path(out)) if source else None
+    if source and why is None:
+        status = train(cfg, out, progress=False, resume=True)["status"]
+        return status, f"branched from {source}"
+    status = train(cfg, out, progress=False, replace=True)["status"]
+    return status, f"from scratch: {why}" if why else ""
 
 
 def _ignore_sigint():  # workers finish their run; the parent decides when to stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _order(spec: Spec, todo: list[tuple[list[str], Path]]):
+    """The runs to train now (the branch sources first, so their dependants start early) and,
+    per source still to be trained, the runs that wait for it. A run whose config alone rules
+    out branching does not wait."""
+    from minitrain.branch import config_gap
+
+    sources = spec.sources()
+    overrides = {path: ov for _, ov, path in spec.runs()}
+    pending = {out for _, out in todo}
+    waiting, jobs = {}, {}
+    for ov, out in todo:
+        src = sources.get(out)
+        if src is not None and config_gap(config_mod.load(spec.base, overrides[src]),
+                                          config_mod.load(spec.base, ov)) is not None:
+            src = None
+        jobs[out] = (ov, out, src)
+        if src in pending:
+            waiting.setdefault(src, []).append(jobs[out])
+    first = [jobs[out] for _, out in todo if out in waiting]
+    now = first + [j for j in jobs.values() if j not in first and j[2] not in pending]
+    return now, waiting
 
 
 def run(spec: Spec, log=print, force: bool = False) -> dict[str, int]:
@@ -151,22 +203,40 @@ def run(spec: Spec, log=print, force: bool = False) -> dict[str, int]:
     counts = {"already done": len(runs) - len(todo)}
     log(f"{spec.path}: {len(runs)} runs, {counts['already done']} already done, "
         f"{len(todo)} to run on {spec.jobs} process{'es' * (spec.jobs > 1)}")
+    now, waiting = _order(spec, todo)
+    finished = 0
+
+    def record(out, result):
+        nonlocal finished
+        status, how = result
+        finished += 1
+        counts[status] = counts.get(status, 0) + 1
+        if how.startswith("branched"):
+            counts["branched"] = counts.get("branched", 0) + 1
+        log(f"[{finished}/{len(todo)}] {out}: {status}" + (f" ({how})" if how else ""))
+        return waiting.pop(out, [])
+
+    def args(job):
+        ov, out, src = job
+        return str(spec.base), ov, str(out), None if src is None else str(src)
+
     if spec.jobs == 1:  # small runs: no process start-up, no pool
-        for i, (ov, out) in enumerate(todo, 1):
-            status = _train_one(str(spec.base), ov, str(out))
-            counts[status] = counts.get(status, 0) + 1
-            log(f"[{i}/{len(todo)}] {out}: {status}")
+        queue = list(now)
+        while queue:
+            job = queue.pop(0)
+            queue += record(job[1], _train_one(*args(job)))
         return counts
     import multiprocessing as mp
 
     pool = ProcessPoolExecutor(spec.jobs, mp_context=mp.get_context("spawn"),
                                initializer=_ignore_sigint)
-    futures = {pool.submit(_train_one, str(spec.base), ov, str(out)): out for ov, out in todo}
+    futures = {pool.submit(_train_one, *args(job)): job[1] for job in now}
     try:
-        for i, fut in enumerate(as_completed(futures), 1):
-            status = fut.result()
-            counts[status] = counts.get(status, 0) + 1
-            log(f"[{i}/{len(todo)}] {futures[fut]}: {status}")
+        while futures:
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
+            for fut in done:
+                for job in record(futures.pop(fut), fut.result()):
+                    futures[pool.submit(_train_one, *args(job))] = job[1]
     except KeyboardInterrupt:
         log("interrupted: runs in progress finish first; rerun the sweep to go on")
         pool.shutdown(wait=True, cancel_futures=True)

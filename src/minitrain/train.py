@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import threading
@@ -148,6 +149,13 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
         if writer:
             checkpoint.trim_logs(out, start)
         summary["resumed_at_step"] = start
+        if writer:  # a run branched from another (minitrain.branch) says so for good
+            try:
+                origin = json.loads((out / rundir.SUMMARY).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                origin = {}
+            if isinstance(origin, dict) and origin.get("branched_from"):
+                summary["branched_from"] = origin["branched_from"]
     if writer:
         rundir.write_json_atomic(out / rundir.SUMMARY, summary)
     observers = []
