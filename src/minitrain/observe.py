@@ -73,15 +73,18 @@ class Observer:
 
 
 class WholeSetLoss(Observer):
-    """Fills the record's train_loss/val_loss: every `every` steps, at the last step, and at
-    every step for `dense` steps after the pre-clip norm jumps past `jump` x its recent median,
-    so the whole-set curve around a spike is complete. Must run before the writers."""
+    """Fills the record's train_loss/val_loss: every `every` steps, at the last step, and for
+    `dense` steps after the pre-clip norm jumps past `jump` x its recent median at each step
+    divisible by `dense_every` (1: all of them), so the whole-set curve around a spike is
+    complete. Must run before the writers."""
 
-    def __init__(self, model, sets, total_steps, every, warmup, jump=3.0, dense=100, window=50):
+    def __init__(self, model, sets, total_steps, every, warmup, jump=3.0, dense=100, window=50,
+                 dense_every=1):
         self.model = model
         # {"train_loss": chunks, "val_loss": chunks}, cut once: the sets never change
         self.sets = {field: length_chunks(b.x, b.y) for field, b in sets.items()}
         self.total, self.every, self.jump, self.dense = total_steps, every, jump, dense
+        self.dense_every = dense_every
         self.warmup = warmup  # norms move fast while lr ramps up: no jump is judged there
         self.norms: deque[float] = deque(maxlen=window)
         self.dense_until = -1
@@ -99,7 +102,8 @@ class WholeSetLoss(Observer):
         if judged and g > self.jump * statistics.median(self.norms):
             self.dense_until = r.step + self.dense
         self.norms.append(g)
-        if r.step % self.every == 0 or r.step == self.total - 1 or r.step <= self.dense_until:
+        dense = r.step <= self.dense_until and r.step % self.dense_every == 0
+        if r.step % self.every == 0 or r.step == self.total - 1 or dense:
             for field, chunks in self.sets.items():
                 setattr(r, field, mean_loss(self.model, chunks))
 

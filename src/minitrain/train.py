@@ -138,7 +138,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     sets = {"train_loss": ds.full.to(dev), "val_loss": ds.full_val.to(dev)}
     dense = 100 if cfg.train.eval_dense else 0
     evaluator = WholeSetLoss(forward, sets, cfg.train.steps, cfg.train.eval_every,
-                             o.warmup_steps, dense=dense)
+                             o.warmup_steps, dense=dense, dense_every=cfg.train.dense_every)
     parts = {"model": model, "optimizer": opt, "sampler": sampler, "evaluator": evaluator}
     scaler = LossScaler() if cfg.train.dtype == "float16" else None  # fp16's narrow range
     if scaler:

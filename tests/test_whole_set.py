@@ -1,0 +1,48 @@
+"""The whole-set evaluation: the length-sorted chunks give the plain mean loss, and the
+evaluator's schedule (regular, last step, dense window after a norm jump, its stride)."""
+
+from types import SimpleNamespace
+
+import torch
+
+from conftest import ROOT
+from minitrain import config, datasets, zoo
+from minitrain.data import IGNORE
+from minitrain.model import token_losses
+from minitrain.observe import WholeSetLoss, length_chunks, mean_loss
+
+
+def test_length_chunks_give_the_mean_loss_of_the_padded_set():
+    cfg = config.load(ROOT / "experiments/19-control/config.yaml", ["model.n_layer=1"])
+    ds = datasets.build(cfg)
+    model = zoo.build(cfg.model, ds.n_in, ds.n_out)
+    x, y = ds.full.x, ds.full.y
+    with torch.no_grad():
+        tl = token_losses(model(x), y, IGNORE)
+    plain = float(tl.sum()) / int((y != IGNORE).sum())
+    chunks = length_chunks(x, y, chunk=64)
+    assert sum(len(cx) for cx, _ in chunks) == len(x)
+    assert max(cx.shape[1] for cx, _ in chunks) == x.shape[1] > min(cx.shape[1] for cx, _ in chunks)
+    assert abs(mean_loss(model, chunks) - plain) < 1e-6 * plain
+    rows = torch.randn(10, 3)  # tabular features: no token positions to cut
+    assert [cx.shape for cx, _ in length_chunks(rows, torch.zeros(10), chunk=4)] == \
+        [(4, 3), (4, 3), (2, 3)]
+
+
+def _evaluated_steps(dense_every: int) -> list[int]:
+    ev = WholeSetLoss(lambda x: torch.zeros(*x.shape, 2), {"train_loss": SimpleNamespace(
+        x=torch.zeros(1, 1, dtype=torch.long), y=torch.zeros(1, 1, dtype=torch.long))},
+        total_steps=200, every=50, warmup=10, dense=20, dense_every=dense_every)
+    seen = []
+    for step in range(200):
+        r = SimpleNamespace(step=step, stats=SimpleNamespace(
+            grad_norm_pre_clip=10.0 if step == 120 else 1.0), train_loss=None)
+        ev.on_step(r)
+        if r.train_loss is not None:
+            seen.append(step)
+    return seen
+
+
+def test_dense_window_follows_a_norm_jump_at_its_stride():
+    assert _evaluated_steps(1) == [0, 50, 100, *range(120, 141), 150, 199]
+    assert _evaluated_steps(5) == [0, 50, 100, 120, 125, 130, 135, 140, 150, 199]
