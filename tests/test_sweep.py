@@ -123,6 +123,7 @@ def test_branched_runs_equal_runs_trained_from_scratch(tmp_path):
         for name in ("config.resolved.yaml", "metrics.jsonl", "batches.jsonl", "moments.jsonl",
                      "token_losses.bin"):
             assert (path / name).read_bytes() == (scratch / name).read_bytes(), (label, name)
+        assert not (path / "checkpoint.pt").exists() and not (scratch / "checkpoint.pt").exists()
     # the skip cell's guard statistics were replayed: its log has z-scores from the start
     metrics = [json.loads(ln) for ln in (spec.runs()[2][2] / "metrics.jsonl").open()]
     assert metrics[100]["grad_z"] is not None and not any(m["skipped"] for m in metrics[:120])

@@ -162,6 +162,11 @@ def _train_one(base: str, overrides: list[str], out: str, source: str | None = N
     why = branch(Path(source), cfg, Path(out)) if source else None
     if source and why is None:
         status = train(cfg, out, progress=False, resume=True)["status"]
+        every = cfg.train.checkpoint_every
+        if status == "completed" and (not every or every > cfg.train.steps):
+            # the branch point's checkpoint was only a start: a from-scratch run of this
+            # config keeps none
+            (Path(out) / rundir.CHECKPOINT).unlink(missing_ok=True)
         return status, f"branched from {source}"
     status = train(cfg, out, progress=False, replace=True)["status"]
     return status, f"from scratch: {why}" if why else ""
