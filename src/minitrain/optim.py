@@ -22,7 +22,9 @@ from minitrain.config import OptimizerConfig
 
 @dataclass
 class ClipResult:
-    grads: list[torch.Tensor]  # what the moments see: `grads` itself when the clip did nothing
+    # what the moments see: `grads` itself when the clip did nothing (with `out`: out's views,
+    # clipped or not)
+    grads: list[torch.Tensor]
     grad_norm: float  # global L2 norm before clipping
     post_norm: float  # global L2 norm after clipping
     tensor_norms: torch.Tensor  # (n_tensors,) per-tensor L2 norms before clipping
