@@ -1,9 +1,13 @@
 """The optimizers (hand-written AdamW and SGD with momentum), the gradient guards in front of
 them (clip modes, the adaptive z-score clip, the outlier skip), and the LR schedule.
 
-One multi-tensor (`torch._foreach_*`) op per equation, so a step costs what torch's own
-foreach optimizers cost. `p.grad` is left as the model produced it (pre-clip): the optimizer
-clips a copy, so observers always read the raw gradient.
+The optimizer's own state (moments, the gradient copy the moments see, the update) lives in
+one flat tensor per role, with a per-parameter view of it for observers and checkpoints, so
+each equation is one tensor op over every coordinate: a step costs what torch's foreach
+optimizers cost (on the CPU their `_foreach_*` ops loop over the tensors one kernel at a
+time). Elementwise ops round each coordinate alone, so the flat layout gives the same bits as
+one op per tensor. `p.grad` is left as the model produced it (pre-clip): the optimizer clips a
+copy, so observers always read the raw gradient.
 """
 
 from __future__ import annotations
@@ -18,11 +22,27 @@ from minitrain.config import OptimizerConfig
 
 @dataclass
 class ClipResult:
-    grads: list[torch.Tensor]  # what the moments see: `grads` itself when the clip did nothing
+    # what the moments see: `grads` itself when the clip did nothing (with `out`: out's views,
+    # clipped or not)
+    grads: list[torch.Tensor]
     grad_norm: float  # global L2 norm before clipping
     post_norm: float  # global L2 norm after clipping
     tensor_norms: torch.Tensor  # (n_tensors,) per-tensor L2 norms before clipping
     clip_factor: float = 1.0  # global: min(1, t / (norm + 1e-12)); other modes: post / pre
+
+
+class Flat:
+    """All the parameters' coordinates in one tensor (`data`, in parameter order) and a view
+    of it shaped like each parameter (`views`): the elementwise equations run on `data` as one
+    op, per-parameter code (norms, weight decay, observers, checkpoints) uses the views."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        p0 = params[0]
+        if any(p.dtype != p0.dtype or p.device != p0.device for p in params):
+            raise ValueError("a flat tensor of the parameters needs one dtype and device")
+        self.data = torch.zeros(sum(p.numel() for p in params), dtype=p0.dtype, device=p0.device)
+        sizes = [p.numel() for p in params]
+        self.views = [v.view_as(p) for v, p in zip(self.data.split(sizes), params, strict=True)]
 
 
 def _ratio(post: float, pre: float) -> float:
@@ -33,31 +53,48 @@ def _ratio(post: float, pre: float) -> float:
 
 @torch.no_grad()
 def clip_grads(grads: list[torch.Tensor], threshold: float | None, mode: str = "global",
-               tensor_norms: torch.Tensor | None = None, g_norm: float | None = None
-               ) -> ClipResult:
+               tensor_norms: torch.Tensor | None = None, g_norm: float | None = None,
+               out: Flat | None = None) -> ClipResult:
     """Clip `grads` (not in place) by `threshold` (None = off):
     global:     g *= min(1, threshold / (||g|| + 1e-12)), ||g|| over all tensors together
     per-tensor: g_i *= min(1, threshold / (||g_i|| + 1e-12)), each tensor on its own
     value:      each element clamped to [-threshold, threshold]
-    `tensor_norms` and `g_norm` may be passed when the caller already has them."""
+    `tensor_norms` and `g_norm` may be passed when the caller already has them. With `out`
+    (a `Flat` of the same shapes) the result is always written there, clipped or not, and is
+    its views; the clip is then one op over all coordinates (the same bits, elementwise)."""
     if tensor_norms is None:
         tensor_norms = torch.stack(torch._foreach_norm(grads))
     if g_norm is None:
         g_norm = float(torch.linalg.vector_norm(tensor_norms))  # sqrt(sum_i ||g_i||^2)
+    if out is not None:
+        torch.cat([g.reshape(-1) for g in grads], out=out.data)
+        grads = out.views
     if threshold is None or math.isinf(threshold):
         return ClipResult(grads, g_norm, g_norm, tensor_norms)
     if mode == "global":
         clip_factor = min(1.0, threshold / (g_norm + 1e-12))
         if clip_factor == 1.0:
             return ClipResult(grads, g_norm, g_norm, tensor_norms)
-        return ClipResult(torch._foreach_mul(grads, clip_factor), g_norm, g_norm * clip_factor,
-                          tensor_norms, clip_factor)
+        if out is not None:
+            out.data.mul_(clip_factor)
+        else:
+            grads = torch._foreach_mul(grads, clip_factor)
+        return ClipResult(grads, g_norm, g_norm * clip_factor, tensor_norms, clip_factor)
     if mode == "per-tensor":
         factors = (threshold / (tensor_norms + 1e-12)).clamp(max=1.0)
-        clipped = torch._foreach_mul(grads, list(factors.unbind()))
+        if out is not None:
+            torch._foreach_mul_(grads, list(factors.unbind()))
+            clipped = grads
+        else:
+            clipped = torch._foreach_mul(grads, list(factors.unbind()))
         post = float(torch.linalg.vector_norm(tensor_norms * factors))
     elif mode == "value":
-        clipped = torch._foreach_clamp_max(torch._foreach_clamp_min(grads, -threshold), threshold)
+        if out is not None:
+            out.data.clamp_min_(-threshold).clamp_max_(threshold)
+            clipped = grads
+        else:
+            clipped = torch._foreach_clamp_max(torch._foreach_clamp_min(grads, -threshold),
+                                               threshold)
         post = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(clipped))))
     else:
         raise ValueError(f"unknown clip mode {mode!r}")  # config validation stops this earlier
@@ -144,13 +181,17 @@ class Optimizer:
         self.clip_mode = clip_mode  # one of CLIP_MODES, checked at config load
         self.guard = guard or NormGuard()
         self.t = 0  # updates applied (skipped steps do not count)
+        self.grads = Flat(self.params)  # what the moments see: a (clipped) copy of p.grad
+        self.update = Flat(self.params)  # this step's change: p -= update
 
     def zero_grad(self):
         for p in self.params:
             p.grad = None
 
     def state_dict(self) -> dict:
-        return {"t": self.t, "guard": self.guard.state_dict(), **self._state()}
+        # copies, not views: a checkpoint holds one tensor per parameter, as it always did
+        state = {name: [x.clone() for x in xs] for name, xs in self._state().items()}
+        return {"t": self.t, "guard": self.guard.state_dict(), **state}
 
     def load_state_dict(self, state: dict) -> None:
         self.t = state["t"]
@@ -189,27 +230,31 @@ class Optimizer:
         # raw for the observers. (Folding the factor into the
         # moment update would save the copy but round differently, and a clipped run's
         # trajectory would no longer repeat the published ones.)
-        clip = clip_grads(grads, threshold, mode, tensor_norms, g_norm)
+        clip = clip_grads(grads, threshold, mode, tensor_norms, g_norm, out=self.grads)
         if guard.active:
             guard.observe(clip.post_norm)
         self.t += 1
-        update = self._update(clip.grads)
+        self._update(self.grads, self.update)
+        update = self.update.views
         # p = p - update
         torch._foreach_sub_(self.params, update)
-        # both sizes of the update in one copy to the host
+        # both sizes of the update in one copy to the host: the L2 norm per tensor first, as
+        # it always was (a sum's rounding depends on its order); the max |x| by one aminmax
+        # over all coordinates (exact in any order; vector_norm(ord=inf) is 10x slower here)
         update_norm, update_max = torch.stack([
             torch.linalg.vector_norm(torch.stack(torch._foreach_norm(update))),
-            torch.stack([torch.stack(torch.aminmax(u)) for u in update]).abs().max()]).tolist()
+            torch.stack(torch.aminmax(self.update.data)).abs().max()]).tolist()
         return StepStats(clip.grad_norm, clip.post_norm, clip.clip_factor, update_norm,
                          update_max, clip.tensor_norms, grad_z=z)
 
-    def _decay(self, update: list[torch.Tensor], scale: float) -> None:
-        """update += scale * wd * p, per group (p before this step's change)."""
+    def _decay(self, xs: list[torch.Tensor], scale: float) -> None:
+        """xs += scale * wd * p, per group (p before this step's change); xs: one tensor per
+        parameter (the update, or SGD's momentum)."""
         start = 0
         for g in self.groups:
             n = len(g["params"])
             if g["weight_decay"]:
-                torch._foreach_add_(update[start:start + n], g["params"],
+                torch._foreach_add_(xs[start:start + n], g["params"],
                                     alpha=scale * g["weight_decay"])
             start += n
 
@@ -223,29 +268,31 @@ class AdamW(Optimizer):
                  guard: NormGuard | None = None):
         super().__init__(params, lr, weight_decay, grad_clip, clip_mode, guard)
         self.betas, self.eps = tuple(betas), eps
-        self.m = [torch.zeros_like(p) for p in self.params]  # first moment
-        self.v = [torch.zeros_like(p) for p in self.params]  # second moment
+        self._m, self._v, self._denom = Flat(self.params), Flat(self.params), Flat(self.params)
+        self.m = self._m.views  # first moment, per parameter
+        self.v = self._v.views  # second moment, per parameter
 
     def _state(self) -> dict:
         return {"m": self.m, "v": self.v}
 
-    def _update(self, grads):
+    def _update(self, grads: Flat, out: Flat) -> None:
         b1, b2 = self.betas
         lr = self.lr
+        g, update = grads.data, out.data
+        m, v, denom = self._m.data, self._v.data, self._denom.data
         # m = b1 m + (1 - b1) g
-        torch._foreach_lerp_(self.m, grads, 1 - b1)
+        m.lerp_(g, 1 - b1)
         # v = b2 v + (1 - b2) g^2
-        torch._foreach_mul_(self.v, b2)
-        torch._foreach_addcmul_(self.v, grads, grads, value=1 - b2)
+        v.mul_(b2)
+        v.addcmul_(g, g, value=1 - b2)
         # update = lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-        denom = torch._foreach_sqrt(self.v)
-        torch._foreach_div_(denom, math.sqrt(1 - b2**self.t))
-        torch._foreach_add_(denom, self.eps)
-        update = torch._foreach_div(self.m, denom)
-        torch._foreach_mul_(update, lr / (1 - b1**self.t))
+        torch.sqrt(v, out=denom)
+        denom.div_(math.sqrt(1 - b2**self.t))
+        denom.add_(self.eps)
+        torch.div(m, denom, out=update)
+        update.mul_(lr / (1 - b1**self.t))
         # decoupled weight decay: update += lr * wd * p
-        self._decay(update, lr)
-        return update
+        self._decay(out.views, lr)
 
 
 class SGD(Optimizer):
@@ -258,26 +305,22 @@ class SGD(Optimizer):
                  guard: NormGuard | None = None):
         super().__init__(params, lr, weight_decay, grad_clip, clip_mode, guard)
         self.momentum = momentum
-        self.m = [torch.zeros_like(p) for p in self.params]  # momentum buffer
+        self._m = Flat(self.params)
+        self.m = self._m.views  # momentum buffer, per parameter
         self.v = None  # no second moment: observers check for it
 
     def _state(self) -> dict:
         return {"m": self.m}
 
-    def _update(self, grads):
+    def _update(self, grads: Flat, out: Flat) -> None:
         # m = momentum m + g + wd * p   (m starts at 0, so the first step's m is g + wd p, as
         # in torch)
-        torch._foreach_mul_(self.m, self.momentum)
-        torch._foreach_add_(self.m, grads)
-        start = 0
-        for g in self.groups:
-            n = len(g["params"])
-            if g["weight_decay"]:
-                torch._foreach_add_(self.m[start:start + n], g["params"],
-                                    alpha=g["weight_decay"])
-            start += n
+        m = self._m.data
+        m.mul_(self.momentum)
+        m.add_(grads.data)
+        self._decay(self.m, 1.0)
         # update = lr m
-        return torch._foreach_mul(self.m, self.lr)
+        torch.mul(m, self.lr, out=out.data)
 
 
 def build(o: OptimizerConfig, groups) -> Optimizer:
