@@ -37,7 +37,7 @@ class Flat:
     op, per-parameter code (norms, weight decay, observers, checkpoints) uses the views."""
 
     def __init__(self, params: list[torch.Tensor]):
-        p0 = params[0]
+        p0 = params[0] if params else torch.zeros(0)  # no parameters: an empty flat tensor
         if any(p.dtype != p0.dtype or p.device != p0.device for p in params):
             raise ValueError("a flat tensor of the parameters needs one dtype and device")
         self.data = torch.zeros(sum(p.numel() for p in params), dtype=p0.dtype, device=p0.device)
