@@ -4,7 +4,7 @@ alike up to that step, so a sweep pays for a shared prefix once.
 Two configs train alike up to step F when, apart from `train.checkpoint_every`, they differ only
 in
 - the guards (optimizer.grad_clip, clip_mode, clip_z, skip_z, norm_ema), and the source's
-  logged pre-clip norms, replayed through the optimizer's own rule (`Optimizer.plan`), show that
+  logged pre-clip norms, replayed through the optimizer's own rule (`optim.plan`), show that
   neither run's guards acted on any step before F;
 - the arrival samplers (data.sampler arrival / arrival-spread, data.arrive_gap), with F at or
   before data.arrive_step: both hold the rare sentences back and draw alike until then.
@@ -17,7 +17,6 @@ byte for byte.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from pathlib import Path
@@ -66,7 +65,8 @@ def replay(metrics: list[dict], src: Config, cfg: Config, step: int
     """Replay `cfg`'s guards over the source's first `step` logged norms. Returns the z-scores
     they would have logged and their statistics after `step`, or why they (or the source's
     own guards) would have acted."""
-    opt = optim.build(cfg.optimizer, [])  # no parameters: only the guards' rule and state
+    o = cfg.optimizer  # grad_clip: None when off (the config spells inf as null)
+    guard = optim.guard_for(o)
     same_clip = (src.optimizer.grad_clip, src.optimizer.clip_mode) == \
         (cfg.optimizer.grad_clip, cfg.optimizer.clip_mode)
     zs = []
@@ -76,7 +76,7 @@ def replay(metrics: list[dict], src: Config, cfg: Config, step: int
         g = m["grad_norm_pre_clip"]
         if g is None or not math.isfinite(g):
             return f"the source's gradient norm at step {k} is not finite"
-        z, skip, threshold, mode = opt.plan(g)
+        z, skip, threshold, mode = optim.plan(g, o.grad_clip, o.clip_mode, guard)
         if skip:
             return f"optimizer.skip_z would have skipped step {k} (z = {z:.2f})"
         if threshold is not None:
@@ -86,10 +86,10 @@ def replay(metrics: list[dict], src: Config, cfg: Config, step: int
                             f"{threshold:.4g})")
             elif not same_clip:  # the source ran this very clip and the log shows it idle
                 return f"a {mode} clip cannot be judged from the logged global norm"
-        if opt.guard.active:
-            opt.guard.observe(g)  # the clip did nothing: the applied norm is the raw one
+        if guard.active:
+            guard.observe(g)  # the clip did nothing: the applied norm is the raw one
         zs.append(z)
-    return zs, opt.guard.state_dict()
+    return zs, guard.state_dict()
 
 
 def branch(src: Path, cfg: Config, dst: Path) -> str | None:
@@ -111,10 +111,10 @@ def branch(src: Path, cfg: Config, dst: Path) -> str | None:
         return gap
     if len(metrics) < step:
         return f"{src / rundir.METRICS}: holds {len(metrics)} steps, the checkpoint {step}"
-    plan = replay(metrics, src_cfg, cfg, step)
-    if isinstance(plan, str):
-        return plan
-    zs, guard_state = plan
+    replayed = replay(metrics, src_cfg, cfg, step)
+    if isinstance(replayed, str):
+        return replayed
+    zs, guard_state = replayed
 
     dst = rundir.prepare(dst, replace=True)
     (dst / rundir.CONFIG).write_text(config_mod.dump(cfg), encoding="utf-8")
@@ -124,12 +124,12 @@ def branch(src: Path, cfg: Config, dst: Path) -> str | None:
             shutil.copyfile(src / name, dst / name)
     checkpoint.trim_logs(dst, step)
     # grad_z is the one logged field the guards write when they do not act
-    lines = []
-    for m, z in zip(rundir.read_jsonl(dst / rundir.METRICS), zs, strict=True):
-        m["grad_z"] = None if math.isnan(z) else z
-        lines.append(json.dumps(m, separators=(",", ":")) + "\n")
+    rows = rundir.read_jsonl(dst / rundir.METRICS)
     tmp = dst / (rundir.METRICS + ".tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
+    w = rundir.JsonlWriter(tmp)  # the training loop's own writer: the same bytes
+    for m, z in zip(rows, zs, strict=True):
+        w.write({**m, "grad_z": None if math.isnan(z) else z})
+    w.close()
     tmp.replace(dst / rundir.METRICS)
     state["optimizer"]["guard"] = guard_state
     checkpoint.write(dst, state)

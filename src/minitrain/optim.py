@@ -37,7 +37,7 @@ class Flat:
     op, per-parameter code (norms, weight decay, observers, checkpoints) uses the views."""
 
     def __init__(self, params: list[torch.Tensor]):
-        p0 = params[0] if params else torch.zeros(0)  # no parameters: an empty flat tensor
+        p0 = params[0]
         if any(p.dtype != p0.dtype or p.device != p0.device for p in params):
             raise ValueError("a flat tensor of the parameters needs one dtype and device")
         self.data = torch.zeros(sum(p.numel() for p in params), dtype=p0.dtype, device=p0.device)
@@ -151,6 +151,26 @@ class NormGuard:
         self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
 
 
+def plan(g_norm: float, grad_clip: float | None, clip_mode: str, guard: NormGuard,
+         drop: bool = False) -> tuple[float, bool, float | None, str]:
+    """What the guards make of a pre-clip global norm, given their history: (z-score, skip
+    the update?, clip threshold or None, clip mode). `Optimizer.step` follows it;
+    `minitrain.branch` replays it over a logged run to prove the guards would not have acted."""
+    z = guard.z(g_norm) if guard.active and not drop else math.nan
+    if drop or (guard.skip_z is not None and z > guard.skip_z):
+        return z, True, None, clip_mode
+    threshold, mode = grad_clip, clip_mode
+    cap = guard.cap()
+    if cap is not None and (threshold is None or cap < threshold):
+        threshold, mode = cap, "global"
+    return z, False, threshold, mode
+
+
+def guard_for(o: OptimizerConfig) -> NormGuard:
+    """The guards a config names, with no history yet."""
+    return NormGuard(o.clip_z, o.skip_z, o.norm_ema, warmup=max(25, o.warmup_steps))
+
+
 @dataclass
 class StepStats:
     grad_norm_pre_clip: float
@@ -201,21 +221,6 @@ class Optimizer:
             for a, b in zip(tensors, state[name], strict=True):
                 a.copy_(b)
 
-    def plan(self, g_norm: float, drop: bool = False
-             ) -> tuple[float, bool, float | None, str]:
-        """What the guards make of a pre-clip global norm, given their history: (z-score,
-        skip the update?, clip threshold or None, clip mode). `step` follows it; `branch`
-        replays it over a logged run to prove the guards would not have acted."""
-        guard = self.guard
-        z = guard.z(g_norm) if guard.active and not drop else math.nan
-        if drop or (guard.skip_z is not None and z > guard.skip_z):
-            return z, True, None, self.clip_mode
-        threshold, mode = self.grad_clip, self.clip_mode
-        cap = guard.cap()
-        if cap is not None and (threshold is None or cap < threshold):
-            threshold, mode = cap, "global"
-        return z, False, threshold, mode
-
     @torch.no_grad()
     def step(self, drop: bool = False) -> StepStats:
         """One update; with `drop` (an fp16 overflow) or an outlier under skip_z, none."""
@@ -223,7 +228,7 @@ class Optimizer:
         tensor_norms = torch.stack(torch._foreach_norm(grads))
         g_norm = float(torch.linalg.vector_norm(tensor_norms))
         guard = self.guard
-        z, skip, threshold, mode = self.plan(g_norm, drop)
+        z, skip, threshold, mode = plan(g_norm, self.grad_clip, self.clip_mode, guard, drop)
         if skip:  # no update at all
             return StepStats(g_norm, 0.0, 0.0, 0.0, 0.0, tensor_norms, skipped=True, grad_z=z)
         # the clip comes before the moments see the gradient, as a clipped copy: p.grad stays
@@ -325,9 +330,8 @@ class SGD(Optimizer):
 
 def build(o: OptimizerConfig, groups) -> Optimizer:
     """The optimizer a config names, with its clip and guards."""
-    guard = NormGuard(o.clip_z, o.skip_z, o.norm_ema, warmup=max(25, o.warmup_steps))
     common = dict(lr=o.lr, weight_decay=o.weight_decay, grad_clip=o.grad_clip,
-                  clip_mode=o.clip_mode, guard=guard)
+                  clip_mode=o.clip_mode, guard=guard_for(o))
     if o.name == "sgd":
         return SGD(groups, momentum=o.momentum, **common)
     return AdamW(groups, betas=o.betas, eps=o.eps, **common)
