@@ -8,12 +8,14 @@ import torch
 from minitrain.config import OptimizerConfig
 from minitrain.optim import SGD, AdamW, Flat, NormGuard, clip_grads, lr_at, update_bound
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
-def _model(dtype):
+
+def _model(dtype, device="cpu"):
     torch.manual_seed(0)
     return torch.nn.Sequential(
         torch.nn.Linear(6, 16), torch.nn.Tanh(), torch.nn.LayerNorm(16), torch.nn.Linear(16, 3)
-    ).to(dtype)
+    ).to(device, dtype)
 
 
 def _groups(model, wd):
@@ -34,15 +36,15 @@ def _reference_clip(params, clip, exact):
     return float(total)
 
 
-def _run_pair(dtype, clip, wd, steps=60):
-    ours_m, ref_m = _model(dtype), _model(dtype)
+def _run_pair(dtype, clip, wd, steps=60, device="cpu"):
+    ours_m, ref_m = _model(dtype, device), _model(dtype, device)
     ours = AdamW(_groups(ours_m, wd), lr=1e-2, betas=(0.9, 0.95), eps=1e-8, grad_clip=clip)
     ref = torch.optim.AdamW(_groups(ref_m, wd), lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
     gen = torch.Generator().manual_seed(1)
     norms = []
     for step in range(steps):
-        x = torch.randn(32, 6, generator=gen).to(dtype) * 3
-        y = torch.randint(3, (32,), generator=gen)
+        x = torch.randn(32, 6, generator=gen).to(device, dtype) * 3
+        y = torch.randint(3, (32,), generator=gen).to(device)
         lr = lr_at(step, 1e-2, 10, steps, 0.1)
         ours.lr = lr
         for g in ref.param_groups:
@@ -59,10 +61,11 @@ def _run_pair(dtype, clip, wd, steps=60):
     return float((a - b).norm() / b.norm()), norms
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=CUDA)])
 @pytest.mark.parametrize("clip", [None, 0.5])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 5e-7)])
-def test_adamw_matches_torch(clip, dtype, tol):
-    rel, norms = _run_pair(dtype, clip, wd=0.1)
+def test_adamw_matches_torch(clip, dtype, tol, device):
+    rel, norms = _run_pair(dtype, clip, wd=0.1, device=device)
     assert rel < tol
     for ours, ref in norms:  # the pre-clip norm we log is torch's returned total norm
         assert ours == pytest.approx(ref, rel=1e-5)

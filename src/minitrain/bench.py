@@ -16,7 +16,12 @@ Measured (medians over `--repeats`):
    logs-only loop with its evaluations' time taken out, against the loop with none).
    `instrumentation_cost_logs_only` keeps its meaning: both parts together;
 2. the optimizer step alone: our AdamW (clip included) against torch's foreach AdamW + clip;
-3. model FLOPs utilisation against this machine's measured fp32 matmul rate, and peak memory.
+3. model FLOPs utilisation against this machine's measured matmul rate in the model's dtype
+   (fp32, or bf16 for a bf16 config), and peak memory (the process's RSS; on CUDA, the GPU
+   memory each model's runs allocated at most).
+`--device cuda` runs it all on the GPU (results-cuda.md/.json beside the CPU files), and
+`--models phase-19,larger,gpt2-small` adds the GPT-2-small-shaped config. On CUDA the loop
+synchronises every step anyway (the loss is read back), so host clocks time it.
 Benchmarks, not tests: the suite only checks that this runs.
 """
 
@@ -35,6 +40,7 @@ from pathlib import Path
 import torch
 
 from minitrain import config
+from minitrain import dist as ddp
 from minitrain.corpus import read_sentences
 from minitrain.data import IGNORE, Sampler, encode_corpus, make_batch
 from minitrain.model import GPT, token_losses
@@ -42,42 +48,61 @@ from minitrain.observe import WholeSetLoss
 from minitrain.optim import AdamW
 from minitrain.rundir import METRICS, read_jsonl
 from minitrain.tokenizer import Tokenizer
-from minitrain.train import param_groups, train
+from minitrain.train import forward_pass, param_groups, train
 
-MODELS = {  # name: overrides on the phase-19 control config
-    "phase-19": [],
-    "larger": ["model.n_layer=4", "model.n_embd=128", "model.block_size=64"],
+CONTROL = "experiments/19-control/config.yaml"
+MODELS = {  # name: (config, overrides)
+    "phase-19": (CONTROL, []),
+    "larger": (CONTROL, ["model.n_layer=4", "model.n_embd=128", "model.block_size=64"]),
+    "gpt2-small": ("experiments/gpt2-small/config.yaml", []),  # for a GPU
 }
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _cfg(overrides, steps):
-    return config.load("experiments/19-control/config.yaml",
-                       [*overrides, f"train.steps={steps}", "data.sampler=random"])
+def _cfg(model: str, steps: int, device: str, extra: tuple[str, ...] = ()):
+    path, overrides = MODELS[model]
+    return config.load(path, [*overrides, f"train.steps={steps}", "data.sampler=random",
+                              f"train.device={device}", *extra])
 
 
-def reference_loop(cfg) -> float:
-    """Plain PyTorch on the same data, model and seed: tokens/s of the loop."""
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reference_loop(cfg) -> tuple[float, float]:
+    """Plain PyTorch on the same data, model, seed, device and dtype, with torch's default
+    (non-deterministic) algorithms: tokens/s of the loop, and the mean padded row length of
+    its batches (for the FLOP count)."""
+    dev = ddp.pick_device(cfg.train.device)
     torch.manual_seed(cfg.seed)
     sentences = read_sentences(cfg.data.train)
     tok = Tokenizer.train(sentences, cfg.data.vocab_size)
     enc = encode_corpus(tok, sentences, cfg.model.block_size, cfg.data.train)
-    model = GPT(cfg.model, tok.vocab_size)
+    model = GPT(cfg.model, tok.vocab_size).to(dev)
+    forward = forward_pass(model, dev, cfg.train)  # the config's dtype and compile
     groups, _ = param_groups(model, cfg.optimizer.weight_decay)
     o = cfg.optimizer
     opt = torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps, foreach=True)
     sampler = Sampler(len(enc), cfg.data.batch_size, "random", cfg.seed)
-    tokens, t0 = 0, time.perf_counter()
+    deterministic = torch.are_deterministic_algorithms_enabled()  # train() turns it on
+    torch.use_deterministic_algorithms(False)
+    tokens, positions, t0 = 0, 0, time.perf_counter()
     for _ in range(cfg.train.steps):
         b = make_batch(enc, sampler.next_ids(), tok.pad_id)
-        tl = token_losses(model(b.x), b.y, IGNORE)
+        x, y = b.x.to(dev), b.y.to(dev)
+        tl = token_losses(forward(x), y, IGNORE)
         n = int((b.y != IGNORE).sum())
         loss = tl.sum() / n
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), o.grad_clip or float("inf"))
         opt.step()
-        tokens += n
-    return tokens / (time.perf_counter() - t0)
+        tokens, positions = tokens + n, positions + b.x.shape[1]
+    _sync(dev)
+    seconds = time.perf_counter() - t0
+    torch.use_deterministic_algorithms(deterministic)
+    return tokens / seconds, positions / cfg.train.steps
 
 
 @contextmanager
@@ -116,9 +141,10 @@ def minitrain_loop(cfg, instrument: bool, whole_set_eval: bool = True) -> dict:
 def optimizer_step(cfg, repeats: int, steps: int = 200) -> dict:
     """Seconds per step of the two optimizers on the model's parameters, fixed gradients."""
     torch.manual_seed(0)
+    dev = ddp.pick_device(cfg.train.device)
     out = {}
     for name in ("minitrain", "torch"):
-        model = GPT(cfg.model, cfg.data.vocab_size)
+        model = GPT(cfg.model, cfg.data.vocab_size).to(dev)
         groups, _ = param_groups(model, 0.1)
         for p in model.parameters():
             p.grad = torch.randn_like(p)
@@ -136,40 +162,54 @@ def optimizer_step(cfg, repeats: int, steps: int = 200) -> dict:
                 opt.step()
         times = []
         for _ in range(repeats):
+            _sync(dev)
             t0 = time.perf_counter()
             for _ in range(steps):
                 step()
+            _sync(dev)
             times.append((time.perf_counter() - t0) / steps)
         out[name] = statistics.median(times)
     return out
 
 
-def matmul_flops(n: int = 1024, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def matmul_flops(device: torch.device, dtype: torch.dtype, repeats: int = 5) -> float:
+    """This machine's matrix-product rate (FLOP/s) in `dtype`, on random data. fp32 on CUDA is
+    true fp32 (torch leaves TF32 off for matmuls unless asked)."""
+    n = 8192 if device.type == "cuda" else 1024
+    a, b = (torch.randn(n, n, device=device).to(dtype) for _ in range(2))
     a @ b
     times = []
     for _ in range(repeats):
+        _sync(device)
         t0 = time.perf_counter()
         for _ in range(10):
             a @ b
+        _sync(device)
         times.append((time.perf_counter() - t0) / 10)
     return 2 * n**3 / statistics.median(times)
 
 
-def flops_per_token(cfg, n_params: int) -> float:
-    """6 N for the matmuls of forward + backward, plus attention scores (nanoGPT's estimate)."""
-    L, C, T = cfg.model.n_layer, cfg.model.n_embd, cfg.model.block_size
-    return 6 * n_params + 12 * L * C * T
+def flops_per_token(cfg, n_params: int, seq_len: float) -> float:
+    """6 N for the matmuls of forward + backward, plus the attention scores over the rows'
+    padded length `seq_len` (nanoGPT's estimate, with the length the batches really have)."""
+    L, C = cfg.model.n_layer, cfg.model.n_embd
+    return 6 * n_params + 12 * L * C * seq_len
 
 
-def run(repeats: int, steps: int, out_dir: Path) -> dict:
+def run(repeats: int, steps: int, out_dir: Path, device: str = "cpu",
+        models: tuple[str, ...] = ("phase-19", "larger"), overrides: tuple[str, ...] = ()
+        ) -> dict:
     threads = torch.get_num_threads()
-    peak = matmul_flops()
+    dev = ddp.pick_device(device)
+    cfgs = {name: _cfg(name, steps, device, overrides) for name in models}
+    peaks = {d: matmul_flops(dev, DTYPES[d]) for d in sorted({c.train.dtype
+                                                              for c in cfgs.values()})}
     rows = {}
-    for name, overrides in MODELS.items():
-        cfg = _cfg(overrides, steps)
+    for name, cfg in cfgs.items():
         torch.set_num_threads(threads)
         cfg.train.threads = threads
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
         full = statistics.median(minitrain_loop(cfg, True)["tokens_per_s"]
                                  for _ in range(repeats))
         logs_runs = [minitrain_loop(cfg, True, False) for _ in range(repeats)]
@@ -180,7 +220,8 @@ def run(repeats: int, steps: int, out_dir: Path) -> dict:
         eval_ms = statistics.median(r["eval_s"] / 2 * 1e3 for r in logs_runs)
         off = statistics.median(minitrain_loop(cfg, False)["tokens_per_s"]
                                 for _ in range(repeats))
-        ref = statistics.median(reference_loop(cfg) for _ in range(repeats))
+        refs = [reference_loop(cfg) for _ in range(repeats)]
+        ref, seq_len = statistics.median(r[0] for r in refs), refs[0][1]
         opt = optimizer_step(cfg, repeats)
         n_params = sum(p.numel() for p in GPT(cfg.model, cfg.data.vocab_size).parameters())
         rows[name] = {
@@ -197,23 +238,34 @@ def run(repeats: int, steps: int, out_dir: Path) -> dict:
             "adamw_step_ms": round(opt["minitrain"] * 1e3, 4),
             "torch_adamw_step_ms": round(opt["torch"] * 1e3, 4),
             "adamw_over_torch": round(opt["minitrain"] / opt["torch"], 3),
-            "mfu_off": round(off * flops_per_token(cfg, n_params) / peak, 4),
+            "dtype": cfg.train.dtype, "mean_row_length": round(seq_len, 1),
+            "mfu_off": round(off * flops_per_token(cfg, n_params, seq_len)
+                             / peaks[cfg.train.dtype], 4),
         }
+        if dev.type == "cuda":
+            rows[name]["peak_gpu_mem_mb"] = round(torch.cuda.max_memory_allocated(dev) / 2**20)
     result = {"machine": platform.platform(), "processor": platform.processor() or "unknown",
+              "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
               "torch": torch.__version__, "threads": threads, "repeats": repeats,
-              "steps_per_run": steps, "matmul_gflops_fp32": round(peak / 1e9, 1),
+              "steps_per_run": steps, "overrides": list(overrides),
+              **{f"matmul_gflops_{d}": round(p / 1e9, 1) for d, p in peaks.items()},
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
               "models": rows}
+    stem = "results" if dev.type == "cpu" else "results-cuda"
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "results.json").write_text(json.dumps(result, indent=2) + "\n")
-    (out_dir / "results.md").write_text(markdown(result))
+    (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (out_dir / f"{stem}.md").write_text(markdown(result))
     return result
 
 
 def markdown(r: dict) -> str:
-    head = (f"# Benchmark\n\n{r['machine']}, torch {r['torch']}, {r['threads']} threads, "
-            f"median of {r['repeats']} runs of {r['steps_per_run']} steps; fp32 matmul "
-            f"{r['matmul_gflops_fp32']} GFLOP/s; peak RSS {r['peak_rss_mb']} MB.\n\n")
+    peaks = "; ".join(f"{k.removeprefix('matmul_gflops_')} matmul {v} GFLOP/s"
+                      for k, v in r.items() if k.startswith("matmul_gflops_"))
+    head = (f"# Benchmark\n\n{r['machine']}, {r['device']}, torch {r['torch']}, "
+            f"{r['threads']} threads, median of {r['repeats']} runs of {r['steps_per_run']} "
+            f"steps; {peaks}; peak RSS {r['peak_rss_mb']} MB."
+            + (f" Overrides: `{' '.join(r['overrides'])}`." if r["overrides"] else "")
+            + "\n\n")
     keys = list(next(iter(r["models"].values())))
     lines = ["| | " + " | ".join(r["models"]) + " |", "|---|" + "---:|" * len(r["models"])]
     for k in keys:
@@ -226,8 +278,20 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--out", default="bench")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--models", default="phase-19,larger",
+                   help=f"comma-separated, of: {', '.join(MODELS)}")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for every model (repeatable)")
     a = p.parse_args(argv)
-    result = run(a.repeats, a.steps, Path(a.out))
+    models = tuple(a.models.split(","))
+    unknown = [m for m in models if m not in MODELS]
+    if unknown:
+        p.error(f"--models: unknown {', '.join(unknown)} (known: {', '.join(MODELS)})")
+    try:
+        result = run(a.repeats, a.steps, Path(a.out), a.device, models, tuple(a.set))
+    except config.ConfigError as e:  # --device cuda where torch sees none
+        p.exit(2, f"minitrain.bench: error: {e}\n")
     print(markdown(result))
     return 0
 
