@@ -74,6 +74,10 @@ phase-19-sweep *args:
 bench *args:
     {{python}} -m minitrain.bench {{args}}
 
+# bench/gpu.sh: the CUDA tests, the GPU benchmark, Run A and B on the GPU; output in $OUT
+gpu-checks *parts:
+    PYTHON={{python}} bash bench/gpu.sh {{parts}}
+
 # lab: the three clip modes on real phase-19 gradients; fills experiments/clip-geometry/README.md
 lab-clip-geometry:
     {{python}} -m minitrain train experiments/clip-geometry/config.yaml --force --quiet

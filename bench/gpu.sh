@@ -20,7 +20,7 @@ env_info() {
 }
 
 tests() {
-  timeout 200 $PY -m pytest -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_optim.py \
+  timeout 200 $PY -m pytest -o addopts= -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_optim.py \
     2>&1 | tee "$OUT/cuda-tests.log"
 }
 
