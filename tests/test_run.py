@@ -144,6 +144,32 @@ def test_same_config_same_bytes(pair, tmp_path):
         assert (tmp_path / "again" / name).read_bytes() == (a.path / name).read_bytes(), name
 
 
+def test_an_error_in_the_loop_leaves_the_run_failed(tmp_path, monkeypatch):
+    """An error inside the loop (here the sixth forward pass raises, as running out of GPU
+    memory would) reaches the caller, and summary.json says `failed` with the error instead
+    of `completed`; the logs hold the five steps before it, and a sweep would train it again."""
+    import minitrain.train as train_mod
+
+    real, calls = train_mod.token_losses, []
+
+    def out_of_memory_at_the_sixth(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore text")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "token_losses", out_of_memory_at_the_sixth)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        _run(tmp_path, "failed")
+    run = load_run(tmp_path / "failed")
+    assert run.summary["status"] == "failed" and run.summary["steps_completed"] == 5
+    assert run.summary["error"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert [m["step"] for m in run.metrics] == [0, 1, 2, 3, 4]
+    from minitrain.sweep import _done
+
+    assert not _done(run.path, config.load("experiments/19-control/config.yaml", TINY))
+
+
 def test_ctrl_c_ends_interrupted_with_files_consistent(tmp_path):
     import os
     import signal

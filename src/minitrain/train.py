@@ -226,6 +226,11 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
                     break
     except KeyboardInterrupt:  # a second Ctrl-C: stop at once; readers skip a cut-off line
         status = "interrupted"
+    except Exception as e:  # out of GPU memory, say: the summary must not read "completed"
+        status = "failed"
+        first_line = (str(e).strip().splitlines() or [""])[0]
+        summary["error"] = f"{type(e).__name__}: {first_line}"[:300]
+        raise
     finally:
         for obs in observers:
             obs.close()
