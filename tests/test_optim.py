@@ -145,7 +145,7 @@ def test_flat_state_is_shared_by_the_views_and_saved_per_parameter():
         model.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    assert torch.equal(torch.cat([m.flatten() for m in opt.m]), opt._m.data)
+    assert torch.equal(torch.cat([m.flatten() for m in opt.m]), opt.m_flat.data)
     state = opt.state_dict()
     assert all(s.untyped_storage().nbytes() == s.numel() * s.element_size()
                for s in state["m"] + state["v"])

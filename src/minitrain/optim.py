@@ -43,6 +43,7 @@ class Flat:
         self.data = torch.zeros(sum(p.numel() for p in params), dtype=p0.dtype, device=p0.device)
         sizes = [p.numel() for p in params]
         self.views = [v.view_as(p) for v, p in zip(self.data.split(sizes), params, strict=True)]
+        self.starts = [sum(sizes[:i]) for i in range(len(sizes))]  # where each view begins
 
 
 def _ratio(post: float, pre: float) -> float:
@@ -273,9 +274,10 @@ class AdamW(Optimizer):
                  guard: NormGuard | None = None):
         super().__init__(params, lr, weight_decay, grad_clip, clip_mode, guard)
         self.betas, self.eps = tuple(betas), eps
-        self._m, self._v, self._denom = Flat(self.params), Flat(self.params), Flat(self.params)
-        self.m = self._m.views  # first moment, per parameter
-        self.v = self._v.views  # second moment, per parameter
+        self.m_flat, self.v_flat = Flat(self.params), Flat(self.params)  # observers read these
+        self._denom = Flat(self.params)
+        self.m = self.m_flat.views  # first moment, per parameter
+        self.v = self.v_flat.views  # second moment, per parameter
 
     def _state(self) -> dict:
         return {"m": self.m, "v": self.v}
@@ -284,7 +286,7 @@ class AdamW(Optimizer):
         b1, b2 = self.betas
         lr = self.lr
         g, update = grads.data, out.data
-        m, v, denom = self._m.data, self._v.data, self._denom.data
+        m, v, denom = self.m_flat.data, self.v_flat.data, self._denom.data
         # m = b1 m + (1 - b1) g
         m.lerp_(g, 1 - b1)
         # v = b2 v + (1 - b2) g^2
@@ -310,9 +312,9 @@ class SGD(Optimizer):
                  guard: NormGuard | None = None):
         super().__init__(params, lr, weight_decay, grad_clip, clip_mode, guard)
         self.momentum = momentum
-        self._m = Flat(self.params)
-        self.m = self._m.views  # momentum buffer, per parameter
-        self.v = None  # no second moment: observers check for it
+        self.m_flat = Flat(self.params)
+        self.m = self.m_flat.views  # momentum buffer, per parameter
+        self.v = self.v_flat = None  # no second moment: observers check for it
 
     def _state(self) -> dict:
         return {"m": self.m}
@@ -320,7 +322,7 @@ class SGD(Optimizer):
     def _update(self, grads: Flat, out: Flat) -> None:
         # m = momentum m + g + wd * p   (m starts at 0, so the first step's m is g + wd p, as
         # in torch)
-        m = self._m.data
+        m = self.m_flat.data
         m.mul_(self.momentum)
         m.add_(grads.data)
         self._decay(self.m, 1.0)
