@@ -241,10 +241,10 @@ class MomentLog(Observer):
 
     def on_step(self, r):
         opt = self.opt  # p.grad is the raw (pre-clip) gradient
-        parts = {"m_norm": torch.stack(torch._foreach_norm(opt.m)),
+        parts = {"m_norm": opt.m_flat.norms(),
                  "grad_norm": r.stats.tensor_grad_norms.to(opt.m[0].dtype)}
         if self.has_v:
-            parts["v_norm"] = torch.stack(torch._foreach_norm(opt.v))
+            parts["v_norm"], parts["v_max"] = opt.v_flat.norms(), opt.v_flat.maxes()
         top = None  # a model without a vocabulary table has no rows to rank
         for table, k in self.tables.items():
             row_norms = torch.linalg.vector_norm(opt.params[k].grad, dim=1)
@@ -253,8 +253,6 @@ class MomentLog(Observer):
                 parts["top"] = top.values
             parts.update(self._row_stats(table, k, row_norms))
         x = host_lists(parts)
-        if self.has_v:
-            x["v_max"] = self._v_max()
         # the numbers in the line's order: per tensor, per tracked piece and table, top rows
         numbers = [r.step, *chain.from_iterable(zip(*(x[key] for key in self.per_tensor)))]
         for j in range(len(self.tracked)):
@@ -275,12 +273,6 @@ class MomentLog(Observer):
             v = opt.v[k][rows]
             stats += [v.mean(dim=1), v.amax(dim=1)]
         return {(table, key): x for key, x in zip(self.row_keys, stats)}
-
-    def _v_max(self) -> list[float]:
-        """Each tensor's largest v, by one NumPy reduceat over the flat v: a max is exact in
-        any order, and torch's per-tensor max costs ~1.5 us a tensor."""
-        flat = self.opt.v_flat
-        return np.maximum.reduceat(flat.data.numpy(), flat.starts).tolist()
 
     def close(self):
         self.w.close()
