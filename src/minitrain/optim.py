@@ -52,12 +52,12 @@ class Flat:
             first.setdefault(n, i)
         self.order = sorted(range(len(params)), key=lambda i: (first[sizes[i]], i))  # in data
         self.data = torch.zeros(sum(sizes), dtype=p0.dtype, device=p0.device)
-        self.views, self.starts = [None] * len(params), [0] * len(params)
+        self.views = [None] * len(params)
         rank = [0] * len(params)  # each parameter's place in data's order
         blocks, start = [], 0  # [start, size, count] per size, in data's order
         for pos, (i, chunk) in enumerate(
                 zip(self.order, self.data.split([sizes[i] for i in self.order]))):
-            self.views[i], self.starts[i], rank[i] = chunk.view_as(params[i]), start, pos
+            self.views[i], rank[i] = chunk.view_as(params[i]), pos
             if not blocks or blocks[-1][1] != sizes[i]:
                 blocks.append([start, sizes[i], 0])
             blocks[-1][2] += 1

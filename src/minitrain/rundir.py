@@ -70,12 +70,15 @@ class LineTemplate:
 
 
 class JsonlWriter:
+    # json.dumps with options builds an encoder per call: one, built once, writes every line
+    _strict = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
     def __init__(self, path: Path):
         self.f = open(path, "a", encoding="utf-8")
 
     def write(self, obj: dict) -> None:
         try:  # most records are plain finite numbers: skip the walk through `clean`
-            line = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+            line = self._strict.encode(obj)
         except (ValueError, TypeError):  # NaN/inf or NumPy scalars: the same bytes via clean
             line = json.dumps(clean(obj), separators=(",", ":"))
         self.write_line(line)
