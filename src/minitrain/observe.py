@@ -226,7 +226,8 @@ class MomentLog(Observer):
         index = {id(p): i for i, p in enumerate(opt.params)}
         self.tables = {name: index[id(t)] for name, t in tables.items()}
         self.tracked, self.top_rows = tracked_pieces, top_rows
-        self.rows = torch.tensor(list(tracked_pieces.values()), dtype=torch.long)
+        self.rows = torch.tensor(list(tracked_pieces.values()), dtype=torch.long,
+                                 device=opt.m[0].device)
         self.has_v = opt.v is not None  # SGD has no second moment
         self.per_tensor = ("grad_norm", "m_norm") + (("v_norm", "v_max") if self.has_v else ())
         self.row_keys = ("grad_norm", "m_norm") + (("v_mean", "v_max") if self.has_v else ())
