@@ -148,7 +148,7 @@ def test_flat_state_is_shared_by_the_views_and_saved_per_parameter():
         model.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
         opt.step()
-    assert torch.equal(torch.cat([m.flatten() for m in opt.m]), opt._m.data)
+    assert torch.equal(torch.cat([opt.m[i].flatten() for i in opt.m_flat.order]), opt.m_flat.data)
     state = opt.state_dict()
     assert all(s.untyped_storage().nbytes() == s.numel() * s.element_size()
                for s in state["m"] + state["v"])
@@ -290,3 +290,18 @@ def test_sgd_bound_needs_the_clip():
     assert update_bound(o, 5, 0.1) == math.inf
     o.grad_clip = 1.0
     assert update_bound(o, 3, 0.1) == pytest.approx(0.1 * (1 + 0.9 + 0.81))
+
+
+def test_flat_norms_and_maxes_have_the_bits_of_the_per_tensor_ops():
+    """Flat lays same-sized parameters side by side and reduces each size as one matrix: the
+    bits of one reduction per tensor, in parameter order; the views still read and write
+    their own parameter's coordinates."""
+    torch.manual_seed(7)
+    shapes = [(37, 5), (1031,), (7,), (5, 37), (3, 3), (7,), (64, 64), (1031,), (4096,)]
+    params = [torch.randn(s) * 10 ** (i % 3) for i, s in enumerate(shapes)]
+    flat = Flat(params)
+    flat.fill(params)
+    assert all(torch.equal(v, p) for v, p in zip(flat.views, params))
+    assert torch.equal(flat.data, torch.cat([params[i].flatten() for i in flat.order]))
+    assert torch.equal(flat.norms(), torch.stack(torch._foreach_norm(params)))
+    assert torch.equal(flat.maxes(), torch.stack(torch._foreach_max(params)))

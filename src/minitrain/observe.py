@@ -9,6 +9,7 @@ import statistics
 import time
 from collections import deque
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -147,11 +148,12 @@ class BatchLog(Observer):
 
     def on_step(self, r):
         ids = r.batch.sentence_ids
-        x = r.batch.x
+        x = r.batch.x.numpy()  # NumPy: on arrays this small a torch op costs several times more
         row = {
             "step": r.step, "sentence_ids": ids,
             "words": {w: sum(i in s for i in ids) for w, s in self.tracked_sentences.items()},
-            "pieces": {p: int((x == pid).sum()) for p, pid in self.tracked_pieces.items()},
+            "pieces": {p: int(np.count_nonzero(x == pid))
+                       for p, pid in self.tracked_pieces.items()},
         }
         if self.source_of is not None:
             row["sources"] = [self.source_of[i] for i in ids]
@@ -185,20 +187,31 @@ class TokenLossLog(Observer):
     def on_step(self, r):
         # in NumPy (the tensors are on the CPU): its indexing costs less per call than torch's
         y = r.batch.y.numpy()
-        rows, pos = np.nonzero(y != IGNORE)
+        scored = y != IGNORE  # a mask picks in the order nonzero lists: row by row
+        rows, pos = np.nonzero(scored)
         rec = np.empty(len(rows), rundir.TOKEN_LOSS_DTYPE)
         rec["step"] = r.step
         rec["row"] = rows
         rec["sentence"] = np.asarray(r.batch.sentence_ids)[rows]
         rec["pos"] = pos
         x = r.batch.x  # token ids; tabular rows hold features, which are no token: -1
-        rec["token"] = -1 if x.is_floating_point() else x.numpy()[rows, pos]
-        rec["target"] = y[rows, pos]
-        rec["loss"] = r.token_loss.detach().numpy()[rows, pos]
+        rec["token"] = -1 if x.is_floating_point() else x.numpy()[scored]
+        rec["target"] = y[scored]
+        rec["loss"] = r.token_loss.detach().numpy()[scored]
         self.w.write(rec)
 
     def close(self):
         self.w.close()
+
+
+def host_lists(parts: dict) -> dict:
+    """Each 1-D tensor of `parts` as a list of numbers, by one cat and one copy to the host:
+    on a small model every torch op costs microseconds of dispatch, more than its arithmetic."""
+    values = torch.cat(list(parts.values())).tolist()
+    out, i = {}, 0
+    for key, t in parts.items():
+        out[key], i = values[i:i + len(t)], i + len(t)
+    return out
 
 
 class MomentLog(Observer):
@@ -213,42 +226,54 @@ class MomentLog(Observer):
         index = {id(p): i for i, p in enumerate(opt.params)}
         self.tables = {name: index[id(t)] for name, t in tables.items()}
         self.tracked, self.top_rows = tracked_pieces, top_rows
+        self.rows = torch.tensor(list(tracked_pieces.values()), dtype=torch.long,
+                                 device=opt.m[0].device)
+        self.has_v = opt.v is not None  # SGD has no second moment
+        self.per_tensor = ("grad_norm", "m_norm") + (("v_norm", "v_max") if self.has_v else ())
+        self.row_keys = ("grad_norm", "m_norm") + (("v_mean", "v_max") if self.has_v else ())
+        n_top = min(top_rows, len(tables["wte"])) if "wte" in tables else 0
+        S = rundir.SLOT
+        self.line = rundir.LineTemplate({
+            "step": S,
+            "tensors": {name: dict.fromkeys(self.per_tensor, S) for name in names},
+            "tracked": {p: {"id": i, **{t: dict.fromkeys(self.row_keys, S) for t in tables}}
+                        for p, i in tracked_pieces.items()},
+            "top_grad_rows": [[S, S]] * n_top})
 
     def on_step(self, r):
-        opt, n = self.opt, len(self.names)  # p.grad is the raw (pre-clip) gradient
-        has_v = opt.v is not None  # SGD has no second moment
-        # one multi-tensor op per statistic and one device-to-host copy for all of them
-        parts = [torch.stack(torch._foreach_norm(opt.m + (opt.v if has_v else [])))]
-        if has_v:
-            parts.append(torch.stack(torch._foreach_max(opt.v)))
-        parts.append(r.stats.tensor_grad_norms.to(opt.m[0].dtype))
-        per_tensor = torch.cat(parts).tolist()
-        m_norms, g_norms = per_tensor[:n], per_tensor[-n:]
-        tensors = {name: {"grad_norm": g, "m_norm": m}
-                   for name, g, m in zip(self.names, g_norms, m_norms)}
-        if has_v:
-            v_norms, v_max = per_tensor[n:2 * n], per_tensor[2 * n:3 * n]
-            for name, v, vm in zip(self.names, v_norms, v_max):
-                tensors[name].update(v_norm=v, v_max=vm)
-        tracked = {p: {"id": i} for p, i in self.tracked.items()}
+        opt = self.opt  # p.grad is the raw (pre-clip) gradient
+        parts = {"m_norm": opt.m_flat.norms(),
+                 "grad_norm": r.stats.tensor_grad_norms.to(opt.m[0].dtype)}
+        if self.has_v:
+            parts["v_norm"], parts["v_max"] = opt.v_flat.norms(), opt.v_flat.maxes()
         top = None  # a model without a vocabulary table has no rows to rank
         for table, k in self.tables.items():
-            grad, m = opt.params[k].grad, opt.m[k]
-            row_norms = torch.linalg.vector_norm(grad, dim=1)
+            row_norms = torch.linalg.vector_norm(opt.params[k].grad, dim=1)
             if table == "wte":
                 top = torch.topk(row_norms, min(self.top_rows, len(row_norms)))
-            rows = list(self.tracked.items())
-            keys = ("grad_norm", "m_norm", "v_mean", "v_max") if has_v else ("grad_norm",
-                                                                             "m_norm")
-            v = opt.v[k] if has_v else None
-            stats = torch.stack([x for _, i in rows for x in (
-                row_norms[i], torch.linalg.vector_norm(m[i]),
-                *((v[i].mean(), v[i].max()) if has_v else ()))]).tolist() if rows else []
-            for j, (p, _) in enumerate(rows):
-                tracked[p][table] = dict(zip(keys, stats[len(keys) * j:len(keys) * (j + 1)]))
-        self.w.write({"step": r.step, "tensors": tensors, "tracked": tracked,
-                      "top_grad_rows": [] if top is None else
-                      [[i, x] for x, i in zip(*(t.tolist() for t in top))]})
+                parts["top"] = top.values
+            parts.update(self._row_stats(table, k, row_norms))
+        x = host_lists(parts)
+        # the numbers in the line's order: per tensor, per tracked piece and table, top rows
+        numbers = [r.step, *chain.from_iterable(zip(*(x[key] for key in self.per_tensor)))]
+        for j in range(len(self.tracked)):
+            for table in self.tables:
+                numbers += (x[table, key][j] for key in self.row_keys)
+        if top is not None:
+            numbers += chain.from_iterable(zip(top.indices.tolist(), x["top"]))
+        self.w.write_line(self.line.fill(numbers))
+
+    def _row_stats(self, table: str, k: int, row_norms: torch.Tensor) -> dict:
+        """The tracked rows of table `table` (parameter k): each statistic one op over all of
+        them (a row's norm, mean or max has the same bits taken alone or with its table)."""
+        if not self.tracked:
+            return {}
+        opt, rows = self.opt, self.rows
+        stats = [row_norms[rows], torch.linalg.vector_norm(opt.m[k][rows], dim=1)]
+        if self.has_v:
+            v = opt.v[k][rows]
+            stats += [v.mean(dim=1), v.amax(dim=1)]
+        return {(table, key): x for key, x in zip(self.row_keys, stats)}
 
     def close(self):
         self.w.close()

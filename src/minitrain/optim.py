@@ -32,17 +32,50 @@ class ClipResult:
 
 
 class Flat:
-    """All the parameters' coordinates in one tensor (`data`, in parameter order) and a view
-    of it shaped like each parameter (`views`): the elementwise equations run on `data` as one
-    op, per-parameter code (norms, weight decay, observers, checkpoints) uses the views."""
+    """All the parameters' coordinates in one tensor (`data`) and a view of it shaped like each
+    parameter (`views`, in parameter order): the elementwise equations run on `data` as one
+    op, per-parameter code (weight decay, observers, checkpoints) uses the views.
+
+    Parameters of one size lie side by side in `data` (sizes in the order they first come),
+    so that `norms` and `maxes` take all of a size at once, one op over a (count, size)
+    matrix: on the CPU each op costs microseconds of dispatch, more than a small tensor's
+    arithmetic, and torch reduces each row of a matrix alone, with the bits of the row's own
+    reduction."""
 
     def __init__(self, params: list[torch.Tensor]):
         p0 = params[0]
         if any(p.dtype != p0.dtype or p.device != p0.device for p in params):
             raise ValueError("a flat tensor of the parameters needs one dtype and device")
-        self.data = torch.zeros(sum(p.numel() for p in params), dtype=p0.dtype, device=p0.device)
         sizes = [p.numel() for p in params]
-        self.views = [v.view_as(p) for v, p in zip(self.data.split(sizes), params, strict=True)]
+        first = {}
+        for i, n in enumerate(sizes):
+            first.setdefault(n, i)
+        self.order = sorted(range(len(params)), key=lambda i: (first[sizes[i]], i))  # in data
+        self.data = torch.zeros(sum(sizes), dtype=p0.dtype, device=p0.device)
+        self.views = [None] * len(params)
+        rank = [0] * len(params)  # each parameter's place in data's order
+        blocks, start = [], 0  # [start, size, count] per size, in data's order
+        for pos, (i, chunk) in enumerate(
+                zip(self.order, self.data.split([sizes[i] for i in self.order]))):
+            self.views[i], rank[i] = chunk.view_as(params[i]), pos
+            if not blocks or blocks[-1][1] != sizes[i]:
+                blocks.append([start, sizes[i], 0])
+            blocks[-1][2] += 1
+            start += sizes[i]
+        self._blocks = [self.data[a:a + n * count].view(count, n) for a, n, count in blocks]
+        self._rank = torch.tensor(rank, device=p0.device)
+
+    def fill(self, tensors: list[torch.Tensor]) -> None:
+        """data = the tensors (one per parameter, in parameter order), flattened."""
+        torch.cat([tensors[i].reshape(-1) for i in self.order], out=self.data)
+
+    def norms(self) -> torch.Tensor:
+        """Each view's L2 norm, in parameter order: the bits of torch._foreach_norm."""
+        return torch.cat([torch.linalg.vector_norm(b, dim=1) for b in self._blocks])[self._rank]
+
+    def maxes(self) -> torch.Tensor:
+        """Each view's largest entry, in parameter order."""
+        return torch.cat([b.amax(dim=1) for b in self._blocks])[self._rank]
 
 
 def _ratio(post: float, pre: float) -> float:
@@ -67,7 +100,7 @@ def clip_grads(grads: list[torch.Tensor], threshold: float | None, mode: str = "
     if g_norm is None:
         g_norm = float(torch.linalg.vector_norm(tensor_norms))  # sqrt(sum_i ||g_i||^2)
     if out is not None:
-        torch.cat([g.reshape(-1) for g in grads], out=out.data)
+        out.fill(grads)
         grads = out.views
     if threshold is None or math.isinf(threshold):
         return ClipResult(grads, g_norm, g_norm, tensor_norms)
@@ -247,7 +280,7 @@ class Optimizer:
         # it always was (a sum's rounding depends on its order); the max |x| by one aminmax
         # over all coordinates (exact in any order; vector_norm(ord=inf) is 10x slower here)
         update_norm, update_max = torch.stack([
-            torch.linalg.vector_norm(torch.stack(torch._foreach_norm(update))),
+            torch.linalg.vector_norm(self.update.norms()),
             torch.stack(torch.aminmax(self.update.data)).abs().max()]).tolist()
         return StepStats(clip.grad_norm, clip.post_norm, clip.clip_factor, update_norm,
                          update_max, clip.tensor_norms, grad_z=z)
@@ -273,9 +306,10 @@ class AdamW(Optimizer):
                  guard: NormGuard | None = None):
         super().__init__(params, lr, weight_decay, grad_clip, clip_mode, guard)
         self.betas, self.eps = tuple(betas), eps
-        self._m, self._v, self._denom = Flat(self.params), Flat(self.params), Flat(self.params)
-        self.m = self._m.views  # first moment, per parameter
-        self.v = self._v.views  # second moment, per parameter
+        self.m_flat, self.v_flat = Flat(self.params), Flat(self.params)  # observers read these
+        self._denom = Flat(self.params)
+        self.m = self.m_flat.views  # first moment, per parameter
+        self.v = self.v_flat.views  # second moment, per parameter
 
     def _state(self) -> dict:
         return {"m": self.m, "v": self.v}
@@ -284,7 +318,7 @@ class AdamW(Optimizer):
         b1, b2 = self.betas
         lr = self.lr
         g, update = grads.data, out.data
-        m, v, denom = self._m.data, self._v.data, self._denom.data
+        m, v, denom = self.m_flat.data, self.v_flat.data, self._denom.data
         # m = b1 m + (1 - b1) g
         m.lerp_(g, 1 - b1)
         # v = b2 v + (1 - b2) g^2
@@ -310,9 +344,9 @@ class SGD(Optimizer):
                  guard: NormGuard | None = None):
         super().__init__(params, lr, weight_decay, grad_clip, clip_mode, guard)
         self.momentum = momentum
-        self._m = Flat(self.params)
-        self.m = self._m.views  # momentum buffer, per parameter
-        self.v = None  # no second moment: observers check for it
+        self.m_flat = Flat(self.params)
+        self.m = self.m_flat.views  # momentum buffer, per parameter
+        self.v = self.v_flat = None  # no second moment: observers check for it
 
     def _state(self) -> dict:
         return {"m": self.m}
@@ -320,7 +354,7 @@ class SGD(Optimizer):
     def _update(self, grads: Flat, out: Flat) -> None:
         # m = momentum m + g + wd * p   (m starts at 0, so the first step's m is g + wd p, as
         # in torch)
-        m = self._m.data
+        m = self.m_flat.data
         m.mul_(self.momentum)
         m.add_(grads.data)
         self._decay(self.m, 1.0)

@@ -45,15 +45,46 @@ def clean(x):
     return x
 
 
+SLOT = "\x00"  # a number's place in a `LineTemplate`'s skeleton
+
+
+class LineTemplate:
+    """The JSON line of a record whose keys never change from step to step, only its numbers:
+    the keys are encoded once (from a skeleton holding SLOT for each number) and each step
+    fills the numbers in, in the skeleton's order. The same bytes as json.dumps, in half
+    the time on a record of many small dicts (Python's str of a float is json's repr)."""
+
+    def __init__(self, skeleton: dict):
+        text = json.dumps(clean(skeleton), separators=(",", ":"), allow_nan=False)
+        self.text = text.replace("%", "%%").replace(json.dumps(SLOT), "%s")
+        self.n = text.count(json.dumps(SLOT))
+
+    def fill(self, numbers: list) -> str:
+        """numbers: ints and floats (not bools: str(True) is no JSON); NaN and inf become
+        null, as `clean` makes them."""
+        if len(numbers) != self.n:
+            raise ValueError(f"the template has {self.n} numbers, not {len(numbers)}")
+        if not math.isfinite(sum(numbers)):  # one NaN or inf makes the sum so
+            numbers = [x if math.isfinite(x) else "null" for x in numbers]
+        return self.text % tuple(numbers)
+
+
 class JsonlWriter:
+    # json.dumps with options builds an encoder per call: one, built once, writes every line
+    _strict = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+
     def __init__(self, path: Path):
         self.f = open(path, "a", encoding="utf-8")
 
     def write(self, obj: dict) -> None:
         try:  # most records are plain finite numbers: skip the walk through `clean`
-            line = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+            line = self._strict.encode(obj)
         except (ValueError, TypeError):  # NaN/inf or NumPy scalars: the same bytes via clean
             line = json.dumps(clean(obj), separators=(",", ":"))
+        self.write_line(line)
+
+    def write_line(self, line: str) -> None:
+        """One JSON line already encoded (`LineTemplate.fill`)."""
         self.f.write(line + "\n")
         self.f.flush()
 
