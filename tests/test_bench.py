@@ -16,4 +16,5 @@ def test_bench_runs_and_writes_results(tmp_path):
         assert row["whole_set_eval_ms"] > 0 and 0 < row["logs_only_eval_share"] < 1
         assert row["instrumentation_cost_per_step_logs"] <= \
             row["instrumentation_cost_logs_only"]
+        assert 0 < row["per_step_logs_share_timed"] < 1  # the writers were timed
     assert "| tokens_per_s_full |" in (tmp_path / "results.md").read_text()

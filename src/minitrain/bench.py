@@ -14,7 +14,12 @@ Measured (medians over `--repeats`):
    it), `logs_only_eval_share` (the share of the logs-only loop spent in its two
    evaluations) and `instrumentation_cost_per_step_logs` (the per-step logs alone: the
    logs-only loop with its evaluations' time taken out, against the loop with none).
-   `instrumentation_cost_logs_only` keeps its meaning: both parts together;
+   `instrumentation_cost_logs_only` keeps its meaning: both parts together. Those are
+   differences between runs, and on a shared machine they move by several points from one
+   `just bench` to the next; `per_step_logs_share_timed` is steadier: the time spent inside
+   the per-step writers' `on_step` (metrics, batches, phases, token losses, moments), timed in
+   the logs-only runs themselves, as a share of their loop (it leaves out what the writers
+   cost the training step around them, such as caches they evict);
 2. the optimizer step alone: our AdamW (clip included) against torch's foreach AdamW + clip;
 3. model FLOPs utilisation against this machine's measured matmul rate in the model's dtype
    (fp32, or bf16 for a bf16 config), and peak memory (the process's RSS; on CUDA, the GPU
@@ -44,7 +49,14 @@ from minitrain import dist as ddp
 from minitrain.corpus import read_sentences
 from minitrain.data import IGNORE, Sampler, encode_corpus, make_batch
 from minitrain.model import GPT, token_losses
-from minitrain.observe import WholeSetLoss
+from minitrain.observe import (
+    BatchLog,
+    MetricsLog,
+    MomentLog,
+    PhaseLog,
+    TokenLossLog,
+    WholeSetLoss,
+)
 from minitrain.optim import AdamW
 from minitrain.rundir import METRICS, read_jsonl
 from minitrain.tokenizer import Tokenizer
@@ -105,37 +117,47 @@ def reference_loop(cfg) -> tuple[float, float]:
     return tokens / seconds, positions / cfg.train.steps
 
 
-@contextmanager
-def stopwatch(cls, method: str):
-    """Seconds spent in `cls.method` while the block runs: a bench-side wrapper, put back on
-    exit; the training code is not changed."""
-    spent, original = [0.0], getattr(cls, method)
+PER_STEP_LOGS = (MetricsLog, BatchLog, PhaseLog, TokenLossLog, MomentLog)
 
-    def timed(*args, **kwargs):
-        t0 = time.perf_counter()
-        try:
-            return original(*args, **kwargs)
-        finally:
-            spent[0] += time.perf_counter() - t0
-    setattr(cls, method, timed)
+
+@contextmanager
+def stopwatch(classes: tuple[type, ...], method: str):
+    """Seconds spent in `method` of any of `classes` while the block runs: bench-side
+    wrappers, put back on exit; the training code is not changed."""
+    spent, originals = [0.0], {cls: getattr(cls, method) for cls in classes}
+
+    def timer(original):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                spent[0] += time.perf_counter() - t0
+        return timed
+    for cls, original in originals.items():
+        setattr(cls, method, timer(original))
     try:
         yield spent
     finally:
-        setattr(cls, method, original)
+        for cls, original in originals.items():
+            setattr(cls, method, original)
 
 
 def minitrain_loop(cfg, instrument: bool, whole_set_eval: bool = True) -> dict:
-    """tokens/s of the loop, and (instrumented runs) the share of its time the whole-set
-    evaluations took."""
+    """tokens/s of the loop, and (instrumented runs) the shares of its time the whole-set
+    evaluations and the per-step writers took."""
     cfg.train.instrument = instrument
     cfg.train.eval_dense = whole_set_eval
     cfg.train.eval_every = 25 if whole_set_eval else cfg.train.steps
-    with tempfile.TemporaryDirectory() as d, stopwatch(WholeSetLoss, "on_step") as eval_s:
+    with tempfile.TemporaryDirectory() as d, stopwatch((WholeSetLoss,), "on_step") as eval_s, \
+            stopwatch(PER_STEP_LOGS, "on_step") as logs_s:
         run = Path(d) / "run"
         tokens_per_s = train(cfg, run, progress=False)["loop_tokens_per_s"]
         tokens = sum(r["tokens"] for r in read_jsonl(run / METRICS)) if instrument else 0
+    loop_s = tokens / tokens_per_s  # the loop's seconds
     return {"tokens_per_s": tokens_per_s, "eval_s": eval_s[0],
-            "eval_share": eval_s[0] * tokens_per_s / tokens if tokens else 0.0}
+            "eval_share": eval_s[0] / loop_s if tokens else 0.0,
+            "logs_share": logs_s[0] / loop_s if tokens else 0.0}
 
 
 def optimizer_step(cfg, repeats: int, steps: int = 200) -> dict:
@@ -218,6 +240,7 @@ def run(repeats: int, steps: int, out_dir: Path, device: str = "cpu",
         per_step = statistics.median(r["tokens_per_s"] / (1 - r["eval_share"]) for r in logs_runs)
         eval_share = statistics.median(r["eval_share"] for r in logs_runs)
         eval_ms = statistics.median(r["eval_s"] / 2 * 1e3 for r in logs_runs)
+        logs_share = statistics.median(r["logs_share"] for r in logs_runs)
         off = statistics.median(minitrain_loop(cfg, False)["tokens_per_s"]
                                 for _ in range(repeats))
         refs = [reference_loop(cfg) for _ in range(repeats)]
@@ -235,6 +258,7 @@ def run(repeats: int, steps: int, out_dir: Path, device: str = "cpu",
             "whole_set_eval_ms": round(eval_ms, 1),
             "logs_only_eval_share": round(eval_share, 3),
             "instrumentation_cost_per_step_logs": round(1 - per_step / off, 3),
+            "per_step_logs_share_timed": round(logs_share, 3),
             "adamw_step_ms": round(opt["minitrain"] * 1e3, 4),
             "torch_adamw_step_ms": round(opt["torch"] * 1e3, 4),
             "adamw_over_torch": round(opt["minitrain"] / opt["torch"], 3),
