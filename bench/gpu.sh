@@ -20,37 +20,43 @@ env_info() {
 }
 
 tests() {
-  timeout 200 $PY -m pytest -o addopts= -q -rs -p no:cacheprovider tests/test_cuda.py tests/test_optim.py \
-    2>&1 | tee "$OUT/cuda-tests.log"
+  timeout 200 $PY -m pytest -o addopts= -q -rs -p no:cacheprovider tests/test_cuda.py \
+    tests/test_optim.py tests/test_observe.py 2>&1 | tee "$OUT/cuda-tests.log"
 }
 
 bench() {
+  local r=0
   timeout 240 $PY -m minitrain.bench --device cuda --models phase-19,larger,gpt2-small \
-    --out "$OUT" 2>&1 | tee "$OUT/bench.log"
+    --out "$OUT" 2>&1 | tee "$OUT/bench.log" || r=1
   # our corpus gives rows of ~13 pieces, so batch 32 leaves an H100 idle; 512 rows show what
   # the same model does with more work per step
   timeout 120 $PY -m minitrain.bench --device cuda --models gpt2-small --repeats 1 \
-    --set data.batch_size=512 --out "$OUT/b512" 2>&1 | tee "$OUT/b512.log"
+    --set data.batch_size=512 --out "$OUT/b512" 2>&1 | tee "$OUT/b512.log" || r=1
+  return $r
 }
 
 phase19() {
   local runs=/tmp/minitrain-gpu-runs
   local gpu=(--set train.device=cuda --force --quiet)
-  {
+  (
+    set -e  # a failed run, or Run B not repeating byte for byte, fails the part
     $PY -m minitrain train experiments/19-control/config.yaml --out $runs/gpu-A "${gpu[@]}"
     for b in gpu-B gpu-B-again; do
       $PY -m minitrain train experiments/19-control/config.yaml --out $runs/$b "${gpu[@]}" \
         --set optimizer.grad_clip=null
     done
     for f in metrics.jsonl moments.jsonl token_losses.bin; do
-      cmp $runs/gpu-B/$f $runs/gpu-B-again/$f && echo "Run B on the GPU twice: $f identical"
+      cmp $runs/gpu-B/$f $runs/gpu-B-again/$f
+      echo "Run B on the GPU twice: $f identical"
     done
     $PY -m minitrain compare $runs/gpu-A $runs/gpu-B
     $PY -m minitrain diagnose $runs/gpu-B
-  } 2>&1 | tee "$OUT/phase19.log"
+  ) 2>&1 | tee "$OUT/phase19.log"
 }
 
 env_info 2>&1 | tee "$OUT/env.txt"
+rc=0  # a part whose command failed fails the whole script (each pipes into tee)
 for part in "${@:-tests bench phase19}"; do
-  for p in $part; do "$p"; done
+  for p in $part; do "$p" || { echo "gpu.sh: part $p failed" >&2; rc=1; }; done
 done
+exit $rc

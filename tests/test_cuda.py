@@ -28,7 +28,7 @@ def test_gpu_run_matches_the_cpu_run(cpu_and_gpu):
     kernels sum in other orders, and 40 Adam steps carry the differences along)."""
     cpu, gpu = cpu_and_gpu
     assert gpu.summary["device"] == "cuda" and gpu.summary["status"] == "completed"
-    assert gpu.batches == cpu.batches
+    assert gpu.batches == cpu.batches  # a guard: the sampler must stay off the device
     for key in COLUMNS:
         np.testing.assert_allclose(gpu.column(key), cpu.column(key), rtol=1e-4, err_msg=key)
     np.testing.assert_allclose(gpu.token_losses()["loss"], cpu.token_losses()["loss"],

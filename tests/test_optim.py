@@ -305,3 +305,8 @@ def test_flat_norms_and_maxes_have_the_bits_of_the_per_tensor_ops():
     assert torch.equal(flat.data, torch.cat([params[i].flatten() for i in flat.order]))
     assert torch.equal(flat.norms(), torch.stack(torch._foreach_norm(params)))
     assert torch.equal(flat.maxes(), torch.stack(torch._foreach_max(params)))
+    if torch.cuda.is_available():  # CUDA sums in other orders: the same norms to rounding
+        on_gpu = Flat([p.cuda() for p in params])
+        on_gpu.fill([p.cuda() for p in params])
+        torch.testing.assert_close(on_gpu.norms().cpu(), flat.norms())
+        assert torch.equal(on_gpu.maxes().cpu(), flat.maxes())

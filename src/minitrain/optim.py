@@ -39,8 +39,9 @@ class Flat:
     Parameters of one size lie side by side in `data` (sizes in the order they first come),
     so that `norms` and `maxes` take all of a size at once, one op over a (count, size)
     matrix: on the CPU each op costs microseconds of dispatch, more than a small tensor's
-    arithmetic, and torch reduces each row of a matrix alone, with the bits of the row's own
-    reduction."""
+    arithmetic, and on the CPU torch reduces each row of a matrix alone, with the bits of the
+    row's own reduction. (CUDA's kernels sum in other orders: there the norms agree with the
+    per-tensor ones to rounding, not bit for bit.)"""
 
     def __init__(self, params: list[torch.Tensor]):
         p0 = params[0]
@@ -70,7 +71,8 @@ class Flat:
         torch.cat([tensors[i].reshape(-1) for i in self.order], out=self.data)
 
     def norms(self) -> torch.Tensor:
-        """Each view's L2 norm, in parameter order: the bits of torch._foreach_norm."""
+        """Each view's L2 norm, in parameter order (on the CPU, the bits of
+        torch._foreach_norm)."""
         return torch.cat([torch.linalg.vector_norm(b, dim=1) for b in self._blocks])[self._rank]
 
     def maxes(self) -> torch.Tensor:
@@ -277,8 +279,8 @@ class Optimizer:
         # p = p - update
         torch._foreach_sub_(self.params, update)
         # both sizes of the update in one copy to the host: the L2 norm per tensor first, as
-        # it always was (a sum's rounding depends on its order); the max |x| by one aminmax
-        # over all coordinates (exact in any order; vector_norm(ord=inf) is 10x slower here)
+        # it always was on the CPU (a sum's rounding depends on its order); the max |x| by one
+        # aminmax over all coordinates (exact in any order; vector_norm(ord=inf) is 10x slower)
         update_norm, update_max = torch.stack([
             torch.linalg.vector_norm(self.update.norms()),
             torch.stack(torch.aminmax(self.update.data)).abs().max()]).tolist()

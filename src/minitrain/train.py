@@ -229,7 +229,8 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     except Exception as e:  # out of GPU memory, say: the summary must not read "completed"
         status = "failed"
         first_line = (str(e).strip().splitlines() or [""])[0]
-        summary["error"] = f"{type(e).__name__}: {first_line}"[:300]
+        name = type(e).__name__
+        summary["error"] = (f"{name}: {first_line}" if first_line else name)[:300]
         raise
     finally:
         for obs in observers:
