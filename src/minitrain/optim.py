@@ -267,9 +267,8 @@ class Optimizer:
         if skip:  # no update at all
             return StepStats(g_norm, 0.0, 0.0, 0.0, 0.0, tensor_norms, skipped=True, grad_z=z)
         # the clip comes before the moments see the gradient, as a clipped copy: p.grad stays
-        # raw for the observers. (Folding the factor into the
-        # moment update would save the copy but round differently, and a clipped run's
-        # trajectory would no longer repeat the published ones.)
+        # raw for the observers. (Folding the factor into the moment update would save the
+        # copy but round differently: a clipped run would no longer repeat the published ones.)
         clip = clip_grads(grads, threshold, mode, tensor_norms, g_norm, out=self.grads)
         if guard.active:
             guard.observe(clip.post_norm)

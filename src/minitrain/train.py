@@ -106,8 +106,8 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
-    # on CUDA this also picks the attention backward's deterministic kernels (the defaults
-    # race); an op with no deterministic kernel would stop the run rather than drift
+    # on CUDA this also picks the attention backward's deterministic kernels (its defaults
+    # are not); an op with no deterministic kernel would stop the run rather than drift
     torch.use_deterministic_algorithms(True)
 
     # data (corpus -> tokenizer -> encoded sentences, or a synthetic kind) -> model
