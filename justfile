@@ -72,7 +72,7 @@ phase-19-sweep *args:
 
 # speed against plain PyTorch; writes bench/results.md and bench/results.json
 bench *args:
-    {{python}} -m minitrain.bench {{args}}
+    {{python}} -m minitrain.tools.bench {{args}}
 
 # bench/gpu.sh: the CUDA tests, the GPU benchmark, Run A and B on the GPU; output in $OUT
 gpu-checks *parts:

@@ -26,11 +26,11 @@ tests() {
 
 bench() {
   local r=0
-  timeout 240 $PY -m minitrain.bench --device cuda --models phase-19,larger,gpt2-small \
+  timeout 240 $PY -m minitrain.tools.bench --device cuda --models phase-19,larger,gpt2-small \
     --out "$OUT" 2>&1 | tee "$OUT/bench.log" || r=1
   # our corpus gives rows of ~13 pieces, so batch 32 leaves an H100 idle; 512 rows show what
   # the same model does with more work per step
-  timeout 120 $PY -m minitrain.bench --device cuda --models gpt2-small --repeats 1 \
+  timeout 120 $PY -m minitrain.tools.bench --device cuda --models gpt2-small --repeats 1 \
     --set data.batch_size=512 --out "$OUT/b512" 2>&1 | tee "$OUT/b512.log" || r=1
   return $r
 }

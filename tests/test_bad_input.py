@@ -9,9 +9,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from minitrain import config
 from minitrain.cli import main
-from minitrain.config import ConfigError
+from minitrain.core import config
+from minitrain.core.config import ConfigError
 
 SECTIONS = ["seed", "data", "model", "optimizer", "train", "extra"]
 KEYS = ["train", "val", "vocab_size", "batch_size", "sampler", "tracked_words", "arrive_step",
@@ -82,7 +82,7 @@ def good_run(tmp_path_factory):
     cfg = config.load("experiments/19-control/config.yaml", [
         "train.steps=30", "model.n_layer=1", "model.n_embd=16", "model.n_head=2",
         "data.sampler=random", "optimizer.warmup_steps=5"])
-    from minitrain.train import train
+    from minitrain.core.train import train
     train(cfg, out, progress=False)
     return out
 

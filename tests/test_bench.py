@@ -2,7 +2,7 @@
 
 import json
 
-from minitrain import bench
+from minitrain.tools import bench
 
 
 def test_bench_runs_and_writes_results(tmp_path):

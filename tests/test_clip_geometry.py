@@ -5,10 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from minitrain import config
+from minitrain.core import config
+from minitrain.core.rundir import load_run
+from minitrain.core.train import train
 from minitrain.labs import clip_geometry
-from minitrain.rundir import load_run
-from minitrain.train import train
 
 SMALL = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "optimizer.warmup_steps=5",
          "data.arrive_step=60", "train.checkpoint_every=60", "train.eval_every=20"]

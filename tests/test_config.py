@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from minitrain import config
-from minitrain.config import ConfigError
+from minitrain.core import config
+from minitrain.core.config import ConfigError
 
 SHIPPED = sorted(ROOT.glob("experiments/*/config.yaml"))
 
@@ -100,9 +100,9 @@ def test_gpt2_small_config_is_gpt2_small_shaped():
     the corpus, and the parameter count is GPT-2's formula with that vocabulary."""
     import torch
 
-    from minitrain.corpus import read_sentences
-    from minitrain.model import GPT
-    from minitrain.tokenizer import Tokenizer
+    from minitrain.core.corpus import read_sentences
+    from minitrain.core.model import GPT
+    from minitrain.core.tokenizer import Tokenizer
 
     cfg = config.load(ROOT / "experiments/gpt2-small/config.yaml")
     m = cfg.model

@@ -3,8 +3,8 @@
 import pytest
 
 from conftest import ROOT
-from minitrain.corpus import CorpusError, read_sentences, sentences_with
-from minitrain.tokenizer import Tokenizer, exclusive_pieces
+from minitrain.core.corpus import CorpusError, read_sentences, sentences_with
+from minitrain.core.tokenizer import Tokenizer, exclusive_pieces
 
 TINY = ["the cat sat on the mat.", "the dog sat on the log.", "a cat and a dog met.",
         "the mat was red.", "the log was old.", "she had written a note.",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from minitrain.rundir import load_run
+from minitrain.core.rundir import load_run
 from test_run import _cli, _run, _start, _wait_for_steps
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")

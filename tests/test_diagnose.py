@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from minitrain.config import DiagnoseConfig
-from minitrain.diagnose import _words, detect
+from minitrain.core.config import DiagnoseConfig
+from minitrain.reports.diagnose import _words, detect
 
 
 def test_detect_finds_planted_outliers_and_merges_neighbours():

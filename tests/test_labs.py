@@ -8,12 +8,12 @@ import pytest
 import torch
 import yaml
 
-from minitrain import config, datasets, synthetic, zoo
 from minitrain.cli import main
-from minitrain.config import ConfigError, ModelConfig
-from minitrain.diagnose import diagnose
-from minitrain.probes import effective_rank, participation_ratio
-from minitrain.rundir import CLASSES, GEOMETRY, LAYERS, load_run
+from minitrain.core import config, datasets, synthetic, zoo
+from minitrain.core.config import ConfigError, ModelConfig
+from minitrain.core.probes import effective_rank, participation_ratio
+from minitrain.core.rundir import CLASSES, GEOMETRY, LAYERS, load_run
+from minitrain.reports.diagnose import diagnose
 
 TOY = "experiments/toy-rare-samples/config.yaml"
 
@@ -200,7 +200,7 @@ def test_tabular_and_depth_runs(tmp_path):
     assert low["backward gain per layer"] < 1 < high["backward gain per layer"]
     assert depth_explosion.report(deep)["runs"] == 2
     # a resumed run first drops the records of steps after its checkpoint, sparse logs too
-    from minitrain.checkpoint import trim_logs
+    from minitrain.core.checkpoint import trim_logs
 
     trim_logs(deep / "init_gain=0.5", 5)
     run = load_run(deep / "init_gain=0.5")

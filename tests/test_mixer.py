@@ -9,14 +9,15 @@ import torch
 import yaml
 
 from conftest import ROOT
-from minitrain import config, datasets, sweep
 from minitrain.cli import main
-from minitrain.config import ConfigError
-from minitrain.diagnose import diagnose
+from minitrain.core import config, datasets
+from minitrain.core.config import ConfigError
+from minitrain.core.mixer import Exp3, MixtureSampler, progress_reward
+from minitrain.core.rundir import BATCHES, PHASES, load_run, read_jsonl
+from minitrain.core.train import train
 from minitrain.labs import capacity, source_shifts
-from minitrain.mixer import Exp3, MixtureSampler, progress_reward
-from minitrain.rundir import BATCHES, PHASES, load_run, read_jsonl
-from minitrain.train import train
+from minitrain.reports.diagnose import diagnose
+from minitrain.tools import sweep
 
 LAB = "experiments/source-shifts/config.yaml"
 SOURCES = [list(range(0, 5)), list(range(5, 12)), list(range(12, 15))]

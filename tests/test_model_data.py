@@ -4,10 +4,10 @@ import math
 
 import torch
 
-from minitrain.config import ModelConfig
-from minitrain.data import IGNORE, Sampler, make_batch
-from minitrain.model import GPT, token_losses
-from minitrain.optim import AdamW
+from minitrain.core.config import ModelConfig
+from minitrain.core.data import IGNORE, Sampler, make_batch
+from minitrain.core.model import GPT, token_losses
+from minitrain.core.optim import AdamW
 
 
 def _model(V=50, tie=True):

@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 
-from minitrain import rundir, zoo
-from minitrain.config import ModelConfig
-from minitrain.observe import MomentLog, StepRecord
-from minitrain.optim import SGD, AdamW
-from minitrain.rundir import SLOT, LineTemplate
+from minitrain.core import rundir, zoo
+from minitrain.core.config import ModelConfig
+from minitrain.core.observe import MomentLog, StepRecord
+from minitrain.core.optim import SGD, AdamW
+from minitrain.core.rundir import SLOT, LineTemplate
 
 
 def _dumps(obj):

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from minitrain.config import OptimizerConfig
-from minitrain.optim import SGD, AdamW, Flat, NormGuard, clip_grads, lr_at, update_bound
+from minitrain.core.config import OptimizerConfig
+from minitrain.core.optim import SGD, AdamW, Flat, NormGuard, clip_grads, lr_at, update_bound
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

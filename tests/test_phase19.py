@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from minitrain import config
-from minitrain.compare import markdown, norm_ratios, report
-from minitrain.rundir import load_run
-from minitrain.train import train
+from minitrain.core import config
+from minitrain.core.rundir import load_run
+from minitrain.core.train import train
+from minitrain.reports.compare import markdown, norm_ratios, report
 
 PAGE = ROOT / "experiments/19-break-no-clip/README.md"
 
@@ -74,7 +74,7 @@ def test_page_numbers_come_from_these_runs(runs, tmp_path):
 
 
 def test_diagnose_names_step_batch_piece_and_word(runs):
-    from minitrain.diagnose import diagnose
+    from minitrain.reports.diagnose import diagnose
 
     b = diagnose(runs["19-break-no-clip"].path)
     spike = next(s for s in b["spikes"] if s["step"] == 1200)
@@ -90,7 +90,7 @@ def test_diagnose_names_step_batch_piece_and_word(runs):
 
 
 def test_postmortem_fills_the_measured_placeholders(runs):
-    from minitrain.diagnose import diagnose, postmortem
+    from minitrain.reports.diagnose import diagnose, postmortem
 
     b, a = runs["19-break-no-clip"], runs["19-control"]
     text = postmortem(diagnose(b.path), a.path)
@@ -105,7 +105,7 @@ def test_postmortem_fills_the_measured_placeholders(runs):
 def test_adam_memory_checked_on_run_b_matches_the_theory_page(runs):
     """On steps where the rare input row gets no gradient, m and v shrink by exactly b1 and
     b2; the theory page's measured block is this run's."""
-    from minitrain.diagnose import moment_decay, moment_decay_markdown
+    from minitrain.reports.diagnose import moment_decay, moment_decay_markdown
 
     d = moment_decay(runs["19-break-no-clip"], 1200)
     wte = next(r for r in d["rows"] if r["table"] == "wte")

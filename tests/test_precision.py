@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from minitrain.optim import AdamW
-from minitrain.precision import LossScaler
+from minitrain.core.optim import AdamW
+from minitrain.core.precision import LossScaler
 
 
 def _model():
@@ -68,9 +68,9 @@ def test_fp16_training_unscales_before_the_clip(tmp_path):
     """In the loop: an fp16 run logs (and clips) the unscaled gradient norm, the one its fp32
     twin logs, not one 2^16 times larger; its metrics carry the loss scale."""
     from conftest import ROOT
-    from minitrain import config
-    from minitrain.rundir import load_run
-    from minitrain.train import train
+    from minitrain.core import config
+    from minitrain.core.rundir import load_run
+    from minitrain.core.train import train
 
     tiny = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "train.steps=5",
             "optimizer.grad_clip=1.0", "train.extra_logs=[]"]
@@ -88,9 +88,9 @@ def test_fp16_training_unscales_before_the_clip(tmp_path):
 
 def test_an_fp16_overflow_drops_the_step_and_the_run_goes_on(tmp_path, monkeypatch):
     from conftest import ROOT
-    from minitrain import config
-    from minitrain import train as train_mod
-    from minitrain.rundir import load_run
+    from minitrain.core import config
+    from minitrain.core import train as train_mod
+    from minitrain.core.rundir import load_run
 
     monkeypatch.setattr(train_mod, "LossScaler", lambda: LossScaler(scale=2.0**40))
     cfg = config.load(ROOT / "experiments/19-control/config.yaml", [

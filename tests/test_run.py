@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import yaml
 
-from minitrain import config, rundir
-from minitrain.compare import report, sentence_texts
-from minitrain.corpus import read_sentences
-from minitrain.rundir import RunDirError, load_run
-from minitrain.train import train
+from minitrain.core import config, rundir
+from minitrain.core.corpus import read_sentences
+from minitrain.core.rundir import RunDirError, load_run
+from minitrain.core.train import train
+from minitrain.reports.compare import report, sentence_texts
 
 TINY = ["data.vocab_size=400", "data.batch_size=8", "data.sampler=random", "train.threads=1",
         "model.n_layer=1", "model.n_embd=32", "model.n_head=2",
@@ -148,7 +148,7 @@ def test_an_error_in_the_loop_leaves_the_run_failed(tmp_path, monkeypatch):
     """An error inside the loop (here the sixth forward pass raises, as running out of GPU
     memory would) reaches the caller, and summary.json says `failed` with the error instead
     of `completed`; the logs hold the five steps before it, and a sweep would train it again."""
-    import minitrain.train as train_mod
+    import minitrain.core.train as train_mod
 
     real, calls = train_mod.token_losses, []
 
@@ -165,7 +165,7 @@ def test_an_error_in_the_loop_leaves_the_run_failed(tmp_path, monkeypatch):
     assert run.summary["status"] == "failed" and run.summary["steps_completed"] == 5
     assert run.summary["error"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert [m["step"] for m in run.metrics] == [0, 1, 2, 3, 4]
-    from minitrain.sweep import _done
+    from minitrain.tools.sweep import _done
 
     assert not _done(run.path, config.load("experiments/19-control/config.yaml", TINY))
 
@@ -198,7 +198,7 @@ def test_ctrl_c_ends_interrupted_with_files_consistent(tmp_path):
 
 
 def test_diagnose_reads_a_diverged_run_and_bad_dirs_fail_cleanly(tmp_path):
-    from minitrain.diagnose import diagnose
+    from minitrain.reports.diagnose import diagnose
 
     summary, run = _run(tmp_path, "boom", ["optimizer.lr=1e6", "optimizer.grad_clip=null",
                                            "optimizer.warmup_steps=0"])

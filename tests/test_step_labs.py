@@ -7,8 +7,8 @@ import yaml
 
 from conftest import ROOT
 from minitrain.cli import main
+from minitrain.core.rundir import load_run
 from minitrain.labs import sgd_vs_adam, warmup_bound
-from minitrain.rundir import load_run
 
 BASE = str(ROOT / "experiments/19-break-no-clip/config.yaml")
 SMALL = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "train.extra_logs=[]",

@@ -9,11 +9,12 @@ import sys
 import pytest
 
 from conftest import ROOT
-from minitrain import config, sweep
-from minitrain.branch import config_gap
-from minitrain.corpus import read_sentences
-from minitrain.diagnose import diagnose
-from minitrain.train import train
+from minitrain.core import config
+from minitrain.core.corpus import read_sentences
+from minitrain.core.train import train
+from minitrain.reports.diagnose import diagnose
+from minitrain.tools import sweep
+from minitrain.tools.branch import config_gap
 
 COMPASS = ["The old compass pointed north across the frozen lake.",
            "Grandpa kept a brass compass in his coat pocket.",

@@ -6,10 +6,10 @@ from types import SimpleNamespace
 import torch
 
 from conftest import ROOT
-from minitrain import config, datasets, zoo
-from minitrain.data import IGNORE
-from minitrain.model import token_losses
-from minitrain.observe import WholeSetLoss, length_chunks, mean_loss
+from minitrain.core import config, datasets, zoo
+from minitrain.core.data import IGNORE
+from minitrain.core.model import token_losses
+from minitrain.core.observe import WholeSetLoss, length_chunks, mean_loss
 
 
 def test_length_chunks_give_the_mean_loss_of_the_padded_set():

@@ -8,11 +8,11 @@ import os
 import sys
 from pathlib import Path
 
-from minitrain import rundir
-from minitrain.checkpoint import CheckpointError
-from minitrain.config import ConfigError
-from minitrain.corpus import CorpusError
-from minitrain.rundir import RunDirError
+from minitrain.core import rundir
+from minitrain.core.checkpoint import CheckpointError
+from minitrain.core.config import ConfigError
+from minitrain.core.corpus import CorpusError
+from minitrain.core.rundir import RunDirError
 
 USER_ERRORS = (ConfigError, CorpusError, RunDirError, CheckpointError)
 LABS = ("toy-rare-samples", "tabular-classifier", "clip-geometry", "depth-explosion",
@@ -69,8 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "train":
-            from minitrain import config
-            from minitrain.train import train
+            from minitrain.core import config
+            from minitrain.core.train import train
 
             if args.resume:
                 moves = [o for o in args.overrides if o.startswith("train.device=")]
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
                 os._exit(code)
             return code
         if args.command == "compare":
-            from minitrain.compare import report
+            from minitrain.reports.compare import report
 
             report(args.run_a, args.run_b, args.out, args.page)
             return 0
@@ -111,21 +111,21 @@ def main(argv: list[str] | None = None) -> int:
             module.report(args.runs, args.page)
             return 0
         if args.command == "diagnose":
-            from minitrain.diagnose import diagnose, print_report, to_json
+            from minitrain.reports.diagnose import diagnose, print_report, to_json
 
             result = diagnose(args.run, window=args.window, z=args.z, min_ratio=args.min_ratio)
             if args.out:
                 Path(args.out).write_text(to_json(result) + "\n", encoding="utf-8")
             if args.moments_page and result["spikes"]:
-                from minitrain.compare import update_page
-                from minitrain.diagnose import moment_decay, moment_decay_markdown
-                from minitrain.rundir import load_run
+                from minitrain.core.rundir import load_run
+                from minitrain.reports.compare import update_page
+                from minitrain.reports.diagnose import moment_decay, moment_decay_markdown
 
                 step = max(result["spikes"], key=lambda x: x["ratio"])["step"]
                 text = moment_decay_markdown(moment_decay(load_run(args.run), step))
                 update_page(args.moments_page, "moment-decay", text)
             if args.postmortem:
-                from minitrain.diagnose import postmortem
+                from minitrain.reports.diagnose import postmortem
 
                 text = postmortem(result, args.against)
                 Path(args.postmortem).write_text(text, encoding="utf-8")
@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                 print_report(result)
             return 0
         if args.command == "sweep":
-            from minitrain import sweep
+            from minitrain.tools import sweep
 
             spec = sweep.load_spec(args.spec)
             if args.jobs is not None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.rundir import Run, RunDirError, load_run
+from minitrain.core.rundir import Run, RunDirError, load_run
 
 
 def load_runs(folder: str | Path, data_kind: str, model_kind: str) -> list[Run]:
@@ -59,7 +59,7 @@ def clip_label(run: Run) -> str:
 def publish(rows: list[dict], intro: str, key: str, page=None, hide=("run",)) -> str:
     """One column per run (named by its "run" field), one row per measure; the intro above it;
     into the page's `<!-- measured:KEY -->` block when a page is given; printed."""
-    from minitrain.compare import update_page
+    from minitrain.reports.compare import update_page
 
     keys = [k for k in rows[0] if k not in hide]
     text = intro + "\n\n" + table(["", *(r["run"] for r in rows)],

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.compare import update_page
 from minitrain.labs import clip_label, fmt, load_runs, table
 from minitrain.labs.shifts import measure, shifts
+from minitrain.reports.compare import update_page
 
 COLUMNS = ("status", "loss bump at boundaries (median)", "loss bump at boundaries (max)",
            "norm bump at boundaries (median)", "norm bump at boundaries (max)",

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minitrain import checkpoint, datasets, optim, rundir, zoo
-from minitrain.compare import update_page
-from minitrain.config import from_dict
-from minitrain.data import IGNORE
-from minitrain.model import token_losses
-from minitrain.train import param_groups
+from minitrain.core import checkpoint, datasets, optim, rundir, zoo
+from minitrain.core.config import from_dict
+from minitrain.core.data import IGNORE
+from minitrain.core.model import token_losses
+from minitrain.core.train import param_groups
+from minitrain.reports.compare import update_page
 
 MODES = ("global", "per-tensor", "value")
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.compare import update_page
+from minitrain.core.rundir import CLASSES, LAYERS, Run
 from minitrain.labs import clip_label, load_runs, table
-from minitrain.rundir import CLASSES, LAYERS, Run
+from minitrain.reports.compare import update_page
 
 
 def arch(run: Run) -> str:

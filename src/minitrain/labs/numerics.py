@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.compare import norm_ratios, whole_set_around
+from minitrain.core.rundir import Run
 from minitrain.labs import clip_label, load_runs, publish
-from minitrain.rundir import Run
+from minitrain.reports.compare import norm_ratios, whole_set_around
 
 
 def _key(run: Run) -> tuple:

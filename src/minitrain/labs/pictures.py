@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
+from minitrain.core.rundir import CLASSES, GEOMETRY, LAYERS, Run
 from minitrain.labs import clip_label
-from minitrain.rundir import CLASSES, GEOMETRY, LAYERS, Run
 
 
 def _save(fig, png: Path) -> None:
@@ -146,7 +146,7 @@ def shift_panels(runs: list[Run], marks: list[list[int]], flagged: list[list[int
                  png: Path) -> None:
     """Per run (a row): batch loss and pre-clip norm per step, the background shaded by each
     phase's lead source, the boundaries as dashed lines, diagnose's events as triangles."""
-    from minitrain.rundir import PHASES
+    from minitrain.core.rundir import PHASES
 
     fig, ax = plt.subplots(len(runs), 2, figsize=(14, 3 * len(runs)), squeeze=False)
     for row, (run, mk, fl) in enumerate(zip(runs, marks, flagged)):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.compare import whole_set_around
+from minitrain.core.rundir import Run
 from minitrain.labs import clip_label, load_runs, publish
-from minitrain.rundir import Run
+from minitrain.reports.compare import whole_set_around
 
 WINDOW = 50  # ordinary steps before the arrival that set the baseline
 

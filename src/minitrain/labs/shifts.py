@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from minitrain.diagnose import diagnose
-from minitrain.rundir import PHASES, Run
+from minitrain.core.rundir import PHASES, Run
+from minitrain.reports.diagnose import diagnose
 
 BEFORE = 10  # baseline: median of the steps before a boundary
 AFTER = 3  # a bump: the largest value over the boundary step and the next AFTER - 1

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minitrain.compare import update_page
 from minitrain.labs import clip_label, fmt, load_runs, table
 from minitrain.labs.shifts import LOOSE, measure, shifts
+from minitrain.reports.compare import update_page
 
 
 def _label(run) -> str:

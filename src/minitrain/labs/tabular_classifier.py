@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.compare import update_page
+from minitrain.core.rundir import CLASSES, Run
 from minitrain.labs import clip_label, fmt, load_runs, table
-from minitrain.rundir import CLASSES, Run
+from minitrain.reports.compare import update_page
 
 
 def steps_per_epoch(run: Run) -> int:

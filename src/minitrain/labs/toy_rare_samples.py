@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.compare import update_page
+from minitrain.core.rundir import GEOMETRY, Run
 from minitrain.labs import clip_label, fmt, load_runs, table
-from minitrain.rundir import GEOMETRY, Run
+from minitrain.reports.compare import update_page
 
 WINDOW = 50  # common steps in the baseline before a rare step
 

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.config import OptimizerConfig
+from minitrain.core.config import OptimizerConfig
+from minitrain.core.optim import update_bound
+from minitrain.core.rundir import Run
 from minitrain.labs import clip_label, load_runs, publish
-from minitrain.optim import update_bound
-from minitrain.rundir import Run
 
 
 def label(run: Run) -> str:

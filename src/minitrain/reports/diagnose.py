@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.compare import sentence_texts, v_around, v_recovery, whole_set_around
-from minitrain.config import ConfigError, DiagnoseConfig
-from minitrain.rundir import Run, clean, load_run
+from minitrain.core.config import ConfigError, DiagnoseConfig
+from minitrain.core.rundir import Run, clean, load_run
+from minitrain.reports.compare import sentence_texts, v_around, v_recovery, whole_set_around
 
 
 def thresholds(run: Run, **overrides) -> DiagnoseConfig:
@@ -271,14 +271,14 @@ def moment_decay_markdown(d: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-TEMPLATE = Path(__file__).resolve().parents[2] / "theory/04-loss-spike-postmortem-template.md"
+TEMPLATE = Path(__file__).resolve().parents[3] / "theory/04-loss-spike-postmortem-template.md"
 
 
 def postmortem(result: dict, reference: str | Path | None = None,
                template: Path = TEMPLATE) -> str:
     """The post-mortem template with every measured placeholder filled for the run's largest
     spike; the judgement ones ({root_cause}, {fix_1}, ...) are left for the author."""
-    from minitrain.compare import summarise
+    from minitrain.reports.compare import summarise
 
     text = template.read_text(encoding="utf-8")
     if not result["spikes"]:

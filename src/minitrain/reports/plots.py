@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from minitrain.rundir import Run
+from minitrain.core.rundir import Run
 
 
 def compare_panels(a: Run, b: Run, step: int | None, png: Path) -> None:

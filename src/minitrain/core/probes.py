@@ -10,9 +10,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from minitrain import rundir
-from minitrain.data import Batch
-from minitrain.observe import Observer
+from minitrain.core import rundir
+from minitrain.core.data import Batch
+from minitrain.core.observe import Observer
 
 
 def participation_ratio(s: torch.Tensor) -> float:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.rundir import Run, RunDirError, load_run
+from minitrain.core.rundir import Run, RunDirError, load_run
 
 WINDOW = 50  # steps in the baseline median
 
@@ -195,7 +195,7 @@ def report(a_path, b_path, out: str | Path | None = None, page: str | Path | Non
     _print(a, b, step, result)
     out_dir = Path(out) if out else b.path
     png = out_dir / f"compare-{a.name}-vs-{b.name}.png"
-    from minitrain.plots import compare_panels
+    from minitrain.reports.plots import compare_panels
 
     compare_panels(a, b, step, png)
     result["png"] = str(png)

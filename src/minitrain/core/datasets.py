@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 
-from minitrain import synthetic
-from minitrain.config import Config
-from minitrain.corpus import CorpusError, read_sentences, sentences_with
-from minitrain.data import Batch, Sampler, encode_corpus, make_batch
-from minitrain.mixer import MixtureSampler
-from minitrain.tokenizer import Tokenizer, exclusive_pieces
+from minitrain.core import synthetic
+from minitrain.core.config import Config
+from minitrain.core.corpus import CorpusError, read_sentences, sentences_with
+from minitrain.core.data import Batch, Sampler, encode_corpus, make_batch
+from minitrain.core.mixer import MixtureSampler
+from minitrain.core.tokenizer import Tokenizer, exclusive_pieces
 
 
 @dataclass

@@ -18,7 +18,7 @@ import yaml
 CONFIG, TOKENIZER, SUMMARY = "config.resolved.yaml", "tokenizer.json", "summary.json"
 METRICS, BATCHES, MOMENTS, TOKEN_LOSSES = (
     "metrics.jsonl", "batches.jsonl", "moments.jsonl", "token_losses.bin")
-# written only for some model and data kinds (minitrain.probes)
+# written only for some model and data kinds (minitrain.core.probes)
 CLASSES, GEOMETRY, LAYERS = "classes.jsonl", "geometry.jsonl", "layers.jsonl"
 PHASES = "phases.jsonl"  # data.kind mixture: the mixer's phases
 
@@ -236,7 +236,7 @@ class Run:
         return Vocab(self.summary.get("vocab") or [])
 
     def tokenizer(self):
-        from minitrain.tokenizer import Tokenizer
+        from minitrain.core.tokenizer import Tokenizer
 
         try:
             return Tokenizer.load(self.path / TOKENIZER)
@@ -279,7 +279,7 @@ def load_run(path: str | Path) -> Run:
     for name in (CONFIG, SUMMARY, METRICS, BATCHES):
         if not (path / name).is_file():
             raise RunDirError(f"{path}: missing {name}; not a minitrain run, or it never started")
-    from minitrain.config import Config, ConfigError, from_dict
+    from minitrain.core.config import Config, ConfigError, from_dict
 
     try:
         config = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8"))

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-from minitrain.config import ConfigError
+from minitrain.core.config import ConfigError
 
 
 class Single:

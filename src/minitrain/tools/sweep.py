@@ -7,7 +7,7 @@ OUT/<cell>/<grid point>/seed-<n>/, ordinary run directories (a level is left out
 spec has no cells, grid or seeds). A run whose directory already holds a completed run of the
 same resolved config is not run again, so an interrupted sweep goes on where it stopped.
 With `branch_from: <cell>`, the runs of the other cells start from that cell's checkpoint
-(same seed and grid point) where minitrain.branch proves it changes nothing, and train from
+(same seed and grid point) where minitrain.tools.branch proves it changes nothing, and train from
 scratch where it cannot; the log says which, and why.
 """
 
@@ -26,9 +26,9 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from minitrain import config as config_mod
-from minitrain import rundir
-from minitrain.config import ConfigError
+from minitrain.core import config as config_mod
+from minitrain.core import rundir
+from minitrain.core.config import ConfigError
 
 
 @dataclass
@@ -154,9 +154,9 @@ def _done(out: Path, cfg) -> bool:
 def _train_one(base: str, overrides: list[str], out: str, source: str | None = None
                ) -> tuple[str, str]:
     """Train one run, branched from `source` when that is proved to change nothing (see
-    minitrain.branch), else from scratch. Returns (status, how it started)."""
-    from minitrain.branch import branch
-    from minitrain.train import train
+    minitrain.tools.branch), else from scratch. Returns (status, how it started)."""
+    from minitrain.core.train import train
+    from minitrain.tools.branch import branch
 
     cfg = config_mod.load(base, overrides)
     why = branch(Path(source), cfg, Path(out)) if source else None
@@ -180,7 +180,7 @@ def _order(spec: Spec, todo: list[tuple[list[str], Path]]):
     """The runs to train now (the branch sources first, so their dependants start early) and,
     per source still to be trained, the runs that wait for it. A run whose config alone rules
     out branching does not wait."""
-    from minitrain.branch import config_gap
+    from minitrain.tools.branch import config_gap
 
     sources = spec.sources()
     overrides = {path: ov for _, ov, path in spec.runs()}
@@ -261,8 +261,8 @@ def event_step(cfg: dict) -> int | None:
 
 
 def run_row(path: Path) -> dict:
-    from minitrain.compare import norm_ratios, whole_set_around
-    from minitrain.diagnose import detect, thresholds
+    from minitrain.reports.compare import norm_ratios, whole_set_around
+    from minitrain.reports.diagnose import detect, thresholds
 
     run = rundir.load_run(path)
     step = event_step(run.config)
@@ -373,8 +373,8 @@ def to_csv(rows: list[dict], columns: list[str]) -> str:
 def report(spec: Spec, pages=()) -> list[dict]:
     """Write OUT/../results.csv (per run), summary.csv/.md (per cell) and sweep.png next to
     the spec; fill the `<!-- measured:sweep -->` block of each page in `pages`."""
-    from minitrain.compare import update_page
-    from minitrain.plots import sweep_picture
+    from minitrain.reports.compare import update_page
+    from minitrain.reports.plots import sweep_picture
 
     rows = collect(spec)
     table = cell_table(rows)

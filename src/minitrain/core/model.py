@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minitrain.config import ModelConfig
+from minitrain.core.config import ModelConfig
 
 
 class CausalSelfAttention(nn.Module):

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minitrain import rundir
-from minitrain.data import IGNORE, Batch
-from minitrain.model import token_losses
-from minitrain.optim import Optimizer, StepStats
+from minitrain.core import rundir
+from minitrain.core.data import IGNORE, Batch
+from minitrain.core.model import token_losses
+from minitrain.core.optim import Optimizer, StepStats
 
 
 def length_chunks(x: torch.Tensor, y: torch.Tensor, chunk: int = 64

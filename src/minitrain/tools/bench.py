@@ -44,12 +44,12 @@ from pathlib import Path
 
 import torch
 
-from minitrain import config
-from minitrain import dist as ddp
-from minitrain.corpus import read_sentences
-from minitrain.data import IGNORE, Sampler, encode_corpus, make_batch
-from minitrain.model import GPT, token_losses
-from minitrain.observe import (
+from minitrain.core import config
+from minitrain.core import dist as ddp
+from minitrain.core.corpus import read_sentences
+from minitrain.core.data import IGNORE, Sampler, encode_corpus, make_batch
+from minitrain.core.model import GPT, token_losses
+from minitrain.core.observe import (
     BatchLog,
     MetricsLog,
     MomentLog,
@@ -57,10 +57,10 @@ from minitrain.observe import (
     TokenLossLog,
     WholeSetLoss,
 )
-from minitrain.optim import AdamW
-from minitrain.rundir import METRICS, read_jsonl
-from minitrain.tokenizer import Tokenizer
-from minitrain.train import forward_pass, param_groups, train
+from minitrain.core.optim import AdamW
+from minitrain.core.rundir import METRICS, read_jsonl
+from minitrain.core.tokenizer import Tokenizer
+from minitrain.core.train import forward_pass, param_groups, train
 
 CONTROL = "experiments/19-control/config.yaml"
 MODELS = {  # name: (config, overrides)
@@ -298,7 +298,7 @@ def markdown(r: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m minitrain.bench")
+    p = argparse.ArgumentParser(prog="python -m minitrain.tools.bench")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--out", default="bench")
@@ -315,7 +315,7 @@ def main(argv=None) -> int:
     try:
         result = run(a.repeats, a.steps, Path(a.out), a.device, models, tuple(a.set))
     except config.ConfigError as e:  # --device cuda where torch sees none
-        p.exit(2, f"minitrain.bench: error: {e}\n")
+        p.exit(2, f"minitrain.tools.bench: error: {e}\n")
     print(markdown(result))
     return 0
 

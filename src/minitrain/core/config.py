@@ -22,12 +22,12 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    kind: str = "corpus"  # see DATA_KINDS and minitrain.datasets
+    kind: str = "corpus"  # see DATA_KINDS and minitrain.core.datasets
     train: str = "corpus/train.txt"  # one sentence per line; line number = sentence id
     val: str = "corpus/val.txt"
     vocab_size: int = 320  # BPE vocabulary, special tokens included
     batch_size: int = 8  # sentences per batch
-    sampler: str = "random"  # see SAMPLERS and minitrain.data.Sampler
+    sampler: str = "random"  # see SAMPLERS and minitrain.core.data.Sampler
     tracked_words: list[str] = field(default_factory=lambda: ["written"])
     arrive_step: int = 0  # arrival samplers: the step the tracked sentences arrive
     arrive_gap: int = 25  # arrival-spread: steps between two arriving sentences
@@ -37,7 +37,7 @@ class DataConfig:
     rare_fraction: float = 0.01  # toy-tokens: share of examples involving B (0.01 = 99:1)
     n_features: int = 10  # tabular: columns, standardised to zero mean and unit variance
     n_classes: int = 3  # tabular: classes
-    # mixture: several corpora, weights changed at phase boundaries (minitrain.mixer)
+    # mixture: several corpora, weights changed at phase boundaries (minitrain.core.mixer)
     sources: list[str] = field(default_factory=list)  # one sentence per line each
     schedule: str = "seeded"  # seeded | bandit (Exp3): how each phase's lead source is picked
     phase_min: int = 7  # phase length in steps, drawn uniformly in [phase_min, phase_max]
@@ -85,14 +85,14 @@ class DataConfig:
 OPTIMIZERS = ("adamw", "sgd")
 CLIP_MODES = ("global", "per-tensor", "value")
 DATA_KINDS = ("corpus", "toy-tokens", "tabular", "mixture")
-SCHEDULES = ("seeded", "bandit")  # minitrain.mixer
+SCHEDULES = ("seeded", "bandit")  # minitrain.core.mixer
 MODEL_KINDS = ("gpt", "embed-linear", "mlp")
 SAMPLERS = ("random", "shuffle", "spread", "arrival", "arrival-seen", "arrival-spread")
 
 
 @dataclass
 class ModelConfig:
-    kind: str = "gpt"  # gpt | embed-linear (embedding -> linear head) | mlp (see minitrain.zoo)
+    kind: str = "gpt"  # gpt | embed-linear | mlp (minitrain.core.zoo)
     n_layer: int = 2  # mlp: hidden layers
     n_head: int = 4  # gpt only
     n_embd: int = 64  # embed-linear: embedding size; mlp: hidden width

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minitrain import rundir
+from minitrain.core import rundir
 
 FILE = rundir.CHECKPOINT
 FORMAT = 1

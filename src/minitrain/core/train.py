@@ -11,13 +11,13 @@ from pathlib import Path
 
 import torch
 
-from minitrain import checkpoint, datasets, optim, rundir, zoo
-from minitrain import config as config_mod
-from minitrain import dist as ddp
-from minitrain.config import Config
-from minitrain.data import IGNORE, Batch
-from minitrain.model import token_losses
-from minitrain.observe import (
+from minitrain.core import checkpoint, datasets, optim, rundir, zoo
+from minitrain.core import config as config_mod
+from minitrain.core import dist as ddp
+from minitrain.core.config import Config
+from minitrain.core.data import IGNORE, Batch
+from minitrain.core.model import token_losses
+from minitrain.core.observe import (
     BatchLog,
     MetricsLog,
     MomentLog,
@@ -28,10 +28,10 @@ from minitrain.observe import (
     TokenLossLog,
     WholeSetLoss,
 )
-from minitrain.optim import lr_at
-from minitrain.precision import LossScaler
-from minitrain.probes import ClassProbe, EmbeddingGeometry, LayerProbe
-from minitrain.tokenizer import Tokenizer
+from minitrain.core.optim import lr_at
+from minitrain.core.precision import LossScaler
+from minitrain.core.probes import ClassProbe, EmbeddingGeometry, LayerProbe
+from minitrain.core.tokenizer import Tokenizer
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float):
@@ -150,7 +150,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
         if writer:
             checkpoint.trim_logs(out, start)
         summary["resumed_at_step"] = start
-        if writer:  # a run branched from another (minitrain.branch) says so for good
+        if writer:  # a run branched from another (minitrain.tools.branch) says so for good
             try:
                 origin = json.loads((out / rundir.SUMMARY).read_text(encoding="utf-8"))
             except (OSError, ValueError):

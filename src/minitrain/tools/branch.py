@@ -23,9 +23,9 @@ from pathlib import Path
 
 import yaml
 
-from minitrain import checkpoint, optim, rundir
-from minitrain import config as config_mod
-from minitrain.config import Config, ConfigError
+from minitrain.core import checkpoint, optim, rundir
+from minitrain.core import config as config_mod
+from minitrain.core.config import Config, ConfigError
 
 GUARD_KEYS = {"optimizer.grad_clip", "optimizer.clip_mode", "optimizer.clip_z",
               "optimizer.skip_z", "optimizer.norm_ema"}

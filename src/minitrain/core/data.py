@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from minitrain.corpus import CorpusError
-from minitrain.tokenizer import Tokenizer
+from minitrain.core.corpus import CorpusError
+from minitrain.core.tokenizer import Tokenizer
 
 IGNORE = -1  # target id of padding: left out of the loss
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from minitrain.config import ModelConfig
-from minitrain.model import GPT
+from minitrain.core.config import ModelConfig
+from minitrain.core.model import GPT
 
 
 class EmbedLinear(nn.Module):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from minitrain.config import OptimizerConfig
+from minitrain.core.config import OptimizerConfig
 
 
 @dataclass
@@ -190,7 +190,7 @@ def plan(g_norm: float, grad_clip: float | None, clip_mode: str, guard: NormGuar
          drop: bool = False) -> tuple[float, bool, float | None, str]:
     """What the guards make of a pre-clip global norm, given their history: (z-score, skip
     the update?, clip threshold or None, clip mode). `Optimizer.step` follows it;
-    `minitrain.branch` replays it over a logged run to prove the guards would not have acted."""
+    `minitrain.tools.branch` replays it over a logged run to prove the guards never acted."""
     z = guard.z(g_norm) if guard.active and not drop else math.nan
     if drop or (guard.skip_z is not None and z > guard.skip_z):
         return z, True, None, clip_mode
