@@ -363,6 +363,16 @@ class SGD(Optimizer):
         torch.mul(m, self.lr, out=out.data)
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float):
+    """Decay matrices (embeddings included); leave LayerNorm gains and biases alone."""
+    named = list(model.named_parameters())
+    decay = [p for n, p in named if p.dim() >= 2]
+    rest = [p for n, p in named if p.dim() < 2]
+    names = [n for n, p in named if p.dim() >= 2] + [n for n, p in named if p.dim() < 2]
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": rest, "weight_decay": 0.0}], names
+
+
 def build(o: OptimizerConfig, groups) -> Optimizer:
     """The optimizer a config names, with its clip and guards."""
     common = dict(lr=o.lr, weight_decay=o.weight_decay, grad_clip=o.grad_clip,

@@ -1,4 +1,7 @@
-"""Dynamic loss scaling for fp16: the loss is multiplied by `scale` before the backward pass
+"""The forward pass's numerics (fp32, or bf16/fp16 autocast; compiled or not) and dynamic loss
+scaling for fp16.
+
+Dynamic loss scaling for fp16: the loss is multiplied by `scale` before the backward pass
 so small gradients survive fp16's narrow range, and the gradients are divided by it again
 before anything reads them (the clip, the norms, the moments). A step whose gradients
 overflowed is dropped and the scale halved; after `growth_interval` clean steps it doubles.
@@ -43,3 +46,15 @@ class LossScaler:
 
     def load_state_dict(self, state: dict) -> None:
         self.scale, self.good_steps = state["scale"], state["good_steps"]
+
+
+def forward_pass(model: torch.nn.Module, device: torch.device, train_cfg):
+    """The model's forward as configured (compiled or not; bf16 or fp16 autocast, or fp32),
+    returning fp32 logits so the losses, the logs and the optimizer stay in fp32."""
+    fwd = torch.compile(model) if train_cfg.compile else model
+    low = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(train_cfg.dtype)
+
+    def forward(idx):
+        with torch.autocast(device.type, dtype=low or torch.bfloat16, enabled=low is not None):
+            return fwd(idx).float()  # (B, T, V); a no-op in fp32
+    return forward

@@ -28,20 +28,10 @@ from minitrain.core.observe import (
     TokenLossLog,
     WholeSetLoss,
 )
-from minitrain.core.optim import lr_at
-from minitrain.core.precision import LossScaler
+from minitrain.core.optim import lr_at, param_groups
+from minitrain.core.precision import LossScaler, forward_pass
 from minitrain.core.probes import ClassProbe, EmbeddingGeometry, LayerProbe
 from minitrain.core.tokenizer import Tokenizer
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float):
-    """Decay matrices (embeddings included); leave LayerNorm gains and biases alone."""
-    named = list(model.named_parameters())
-    decay = [p for n, p in named if p.dim() >= 2]
-    rest = [p for n, p in named if p.dim() < 2]
-    names = [n for n, p in named if p.dim() >= 2] + [n for n, p in named if p.dim() < 2]
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": rest, "weight_decay": 0.0}], names
 
 
 def lab_probes(cfg: Config, ds: datasets.Dataset, model, out: Path,
@@ -82,18 +72,6 @@ class StopOnCtrlC:
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
-
-
-def forward_pass(model: torch.nn.Module, device: torch.device, train_cfg):
-    """The model's forward as configured (compiled or not; bf16 or fp16 autocast, or fp32),
-    returning fp32 logits so the losses, the logs and the optimizer stay in fp32."""
-    fwd = torch.compile(model) if train_cfg.compile else model
-    low = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(train_cfg.dtype)
-
-    def forward(idx):
-        with torch.autocast(device.type, dtype=low or torch.bfloat16, enabled=low is not None):
-            return fwd(idx).float()  # (B, T, V); a no-op in fp32
-    return forward
 
 
 def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = False,

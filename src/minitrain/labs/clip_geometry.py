@@ -22,7 +22,7 @@ from minitrain.core import checkpoint, datasets, optim, rundir, zoo
 from minitrain.core.config import from_dict
 from minitrain.core.data import IGNORE
 from minitrain.core.model import token_losses
-from minitrain.core.train import param_groups
+from minitrain.core.optim import param_groups
 from minitrain.reports.compare import update_page
 
 MODES = ("global", "per-tensor", "value")

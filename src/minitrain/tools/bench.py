@@ -57,10 +57,11 @@ from minitrain.core.observe import (
     TokenLossLog,
     WholeSetLoss,
 )
-from minitrain.core.optim import AdamW
+from minitrain.core.optim import AdamW, param_groups
+from minitrain.core.precision import forward_pass
 from minitrain.core.rundir import METRICS, read_jsonl
 from minitrain.core.tokenizer import Tokenizer
-from minitrain.core.train import forward_pass, param_groups, train
+from minitrain.core.train import train
 
 CONTROL = "experiments/19-control/config.yaml"
 MODELS = {  # name: (config, overrides)
