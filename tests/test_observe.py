@@ -8,8 +8,9 @@ import torch
 
 from minitrain.core import rundir, zoo
 from minitrain.core.config import ModelConfig
-from minitrain.core.observe import MomentLog, StepRecord
+from minitrain.core.observe import MomentLog
 from minitrain.core.optim import SGD, AdamW
+from minitrain.core.record import StepRecord
 from minitrain.core.rundir import SLOT, LineTemplate
 
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from minitrain.core.config import OptimizerConfig
-from minitrain.core.optim import SGD, AdamW, Flat, NormGuard, clip_grads, lr_at, update_bound
+from minitrain.core.flat import Flat
+from minitrain.core.guards import NormGuard, clip_grads
+from minitrain.core.optim import SGD, AdamW, lr_at, update_bound
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 

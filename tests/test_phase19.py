@@ -3,6 +3,7 @@ control contains it, the 'seen from the start' ablation has none, and the exerci
 measured block is what these runs give. About a minute on 2 cores."""
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,7 +50,11 @@ def test_seen_from_the_start_no_spike(runs):
     step = int(np.argmax([x["words"]["written"] for x in b.batches]))
     assert seen.batches[step]["words"]["written"] == 5  # the same all-rare batch...
     assert norm_ratios(seen)[step] < 3  # ...is not a spike once the word is known
-    assert _rise(seen, step) < 0.1
+    for run, jump in ((seen, False), (b, True)):  # nor does the batch's own loss jump
+        loss = run.column("loss")
+        assert (loss[step] > 3 * np.median(loss[step - 20:step])) == jump
+    # the whole-set loss is not claimed: in seed 42 on some CPUs it surges from ~75 steps
+    # before the arrival with no norm spike (the sweep's "not rare" row: a base rate)
 
 
 def _numbers(block: str) -> dict[str, list[float]]:
@@ -126,3 +131,38 @@ def test_adams_largest_move_at_the_arrival_is_its_bound(runs):
     predicted = (1 - 0.998**1201) ** 0.5 * 0.1 / 0.002**0.5 * 0.006
     for name in ("19-control", "19-break-no-clip"):
         assert runs[name].metrics[1200]["update_max"] == pytest.approx(predicted, rel=0.01)
+
+
+def test_the_handouts_code_edit_trains_run_b(runs, tmp_path):
+    """The handout's edit, verbatim, in a copy of the project: `clip_factor = 1.0` in place of
+    the clip line of src/minitrain/loop.py, then `seed=42 grad_clip=1.0 just phase-19-train`.
+    The run's config still says clip 1.0, yet it trains as Run B, step for step; unedited, the
+    same command is Run A, which differs."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "minitrain"
+    for part in ("src", "corpus", "justfile"):
+        (shutil.copytree if (ROOT / part).is_dir() else shutil.copy)(ROOT / part, copy / part)
+    (copy / "experiments/19-control").mkdir(parents=True)
+    shutil.copy(ROOT / "experiments/19-control/config.yaml", copy / "experiments/19-control")
+    loop = copy / "src/minitrain/loop.py"
+    line = "clip_factor = min(1.0, self.clip / (g_norm + 1e-12))"
+    code = loop.read_text(encoding="utf-8")
+    assert code.count(f"            {line}\n") == 1  # the handout's line, literally, once
+    loop.write_text(code.replace(f"            {line}\n", "            clip_factor = 1.0\n"),
+                    encoding="utf-8")
+    just = shutil.which("just", path=str(Path(sys.executable).parent)) or shutil.which("just")
+    env = {**os.environ, "seed": "42", "grad_clip": "1.0", "PYTHON": sys.executable,
+           "PYTHONPATH": str(copy / "src")}  # the copy's minitrain, before the installed one
+    subprocess.run([just, "phase-19-train"], cwd=copy, env=env, check=True,
+                   capture_output=True)
+    edited = load_run(copy / "experiments/19-control")
+    assert edited.config["optimizer"]["grad_clip"] == 1.0
+    b, a = runs["19-break-no-clip"], runs["19-control"]
+    assert len(edited.metrics) == len(b.metrics) == len(a.metrics)
+    for key in ("loss", "grad_norm_pre_clip", "train_loss"):
+        np.testing.assert_array_equal(edited.column(key), b.column(key), err_msg=key)
+    assert not np.array_equal(a.column("loss"), b.column("loss"))

@@ -148,9 +148,9 @@ def test_an_error_in_the_loop_leaves_the_run_failed(tmp_path, monkeypatch):
     """An error inside the loop (here the sixth forward pass raises, as running out of GPU
     memory would) reaches the caller, and summary.json says `failed` with the error instead
     of `completed`; the logs hold the five steps before it, and a sweep would train it again."""
-    import minitrain.core.train as train_mod
+    import minitrain.loop as loop_mod
 
-    real, calls = train_mod.token_losses, []
+    real, calls = loop_mod.token_losses, []
 
     def out_of_memory_at_the_sixth(*args, **kwargs):
         calls.append(1)
@@ -158,7 +158,7 @@ def test_an_error_in_the_loop_leaves_the_run_failed(tmp_path, monkeypatch):
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore text")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(train_mod, "token_losses", out_of_memory_at_the_sixth)
+    monkeypatch.setattr(loop_mod, "token_losses", out_of_memory_at_the_sixth)
     with pytest.raises(RuntimeError, match="out of memory"):
         _run(tmp_path, "failed")
     run = load_run(tmp_path / "failed")

@@ -8,8 +8,8 @@ import torch
 from conftest import ROOT
 from minitrain.core import config, datasets, zoo
 from minitrain.core.data import IGNORE
+from minitrain.core.evaluate import WholeSetLoss, length_chunks, mean_loss
 from minitrain.core.model import token_losses
-from minitrain.core.observe import WholeSetLoss, length_chunks, mean_loss
 
 
 def test_length_chunks_give_the_mean_loss_of_the_padded_set():
@@ -35,10 +35,7 @@ def _evaluated_steps(dense_every: int) -> list[int]:
         total_steps=200, every=50, warmup=10, dense=20, dense_every=dense_every)
     seen = []
     for step in range(200):
-        r = SimpleNamespace(step=step, stats=SimpleNamespace(
-            grad_norm_pre_clip=10.0 if step == 120 else 1.0), train_loss=None)
-        ev.on_step(r)
-        if r.train_loss is not None:
+        if ev.losses(step, 10.0 if step == 120 else 1.0):
             seen.append(step)
     return seen
 

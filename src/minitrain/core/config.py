@@ -157,12 +157,16 @@ class OptimizerConfig:
         if self.grad_clip is not None:
             if math.isnan(self.grad_clip) or self.grad_clip <= 0:
                 raise where("optimizer.grad_clip", "must be a positive number, inf or null")
-            if math.isinf(self.grad_clip):
-                self.grad_clip = None  # one spelling for "off"
+            self.grad_clip = clip_threshold(self.grad_clip)
         if self.warmup_steps < 0:
             raise where("optimizer.warmup_steps", "must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:
             raise where("optimizer.min_lr_ratio", "must be in [0, 1]")
+
+
+def clip_threshold(value: float | None) -> float | None:
+    """The one spelling of "no clip": None (a config, a caller may also say inf)."""
+    return None if value is None or math.isinf(value) else value
 
 
 @dataclass

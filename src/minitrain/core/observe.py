@@ -1,112 +1,24 @@
-"""The per-step record the loop hands out, and the observers that turn it into files and a
-progress line. The loop never asks what is being logged; it calls `on_step` on each observer.
+"""The observers that turn each step's record into files and a progress line, and `build`,
+which picks them from the config. The loop never asks what is being logged; it calls `on_step`
+on each observer.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 import time
-from collections import deque
-from dataclasses import dataclass
 from itertools import chain
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from minitrain.core import rundir
-from minitrain.core.data import IGNORE, Batch
-from minitrain.core.model import token_losses
-from minitrain.core.optim import Optimizer, StepStats
-
-
-def length_chunks(x: torch.Tensor, y: torch.Tensor, chunk: int = 64
-                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """A whole set cut for evaluation: rows sorted by their last scored position, in chunks of
-    `chunk`, each cut to its own longest row. Token sequences only (x integer, x and y (N, T));
-    the models here are causal or per-position, so what follows a row's last scored position
-    cannot change its losses, and a chunk of short rows costs what short rows cost."""
-    if x.is_floating_point() or x.dim() != 2 or x.shape != y.shape:
-        return [(x[i:i + chunk], y[i:i + chunk]) for i in range(0, len(x), chunk)]
-    scored = y != IGNORE
-    pos = torch.arange(1, y.shape[1] + 1, device=y.device)
-    ends = (scored * pos).amax(dim=1)  # 1 + last scored position; 0 for a row with none
-    order = torch.argsort(ends, stable=True)
-    out = []
-    for i in range(0, len(order), chunk):
-        rows = order[i:i + chunk]
-        T = max(1, int(ends[rows].max()))
-        out.append((x[rows, :T], y[rows, :T]))
-    return out
-
-
-@torch.inference_mode()
-def mean_loss(model, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Mean token loss over a whole set given as `length_chunks`."""
-    total, count = 0.0, 0
-    for x, y in chunks:
-        tl = token_losses(model(x), y, IGNORE)
-        total += float(tl.sum())
-        count += int((y != IGNORE).sum())
-    return total / count
-
-
-@dataclass
-class StepRecord:
-    step: int
-    lr: float
-    loss: float  # mean over the batch's scored tokens
-    stats: StepStats
-    batch: Batch
-    token_loss: torch.Tensor  # (B, T), 0 at padding
-    n_tokens: int  # scored tokens in the batch
-    step_ms: float
-    loss_scale: float | None = None  # fp16 runs: the loss scale this step used
-    train_loss: float | None = None  # whole training set, when evaluated this step
-    val_loss: float | None = None
-
-
-class Observer:
-    def on_step(self, r: StepRecord) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class WholeSetLoss(Observer):
-    """Fills the record's train_loss/val_loss: every `every` steps, at the last step, and for
-    `dense` steps after the pre-clip norm jumps past `jump` x its recent median at each step
-    divisible by `dense_every` (1: all of them), so the whole-set curve around a spike is
-    complete. Must run before the writers."""
-
-    def __init__(self, model, sets, total_steps, every, warmup, jump=3.0, dense=100, window=50,
-                 dense_every=1):
-        self.model = model
-        # {"train_loss": chunks, "val_loss": chunks}, cut once: the sets never change
-        self.sets = {field: length_chunks(b.x, b.y) for field, b in sets.items()}
-        self.total, self.every, self.jump, self.dense = total_steps, every, jump, dense
-        self.dense_every = dense_every
-        self.warmup = warmup  # norms move fast while lr ramps up: no jump is judged there
-        self.norms: deque[float] = deque(maxlen=window)
-        self.dense_until = -1
-
-    def state_dict(self) -> dict:
-        return {"norms": list(self.norms), "dense_until": self.dense_until}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.norms.extend(state["norms"])
-        self.dense_until = state["dense_until"]
-
-    def on_step(self, r):
-        g = r.stats.grad_norm_pre_clip
-        judged = r.step >= self.warmup and len(self.norms) >= 10
-        if judged and g > self.jump * statistics.median(self.norms):
-            self.dense_until = r.step + self.dense
-        self.norms.append(g)
-        dense = r.step <= self.dense_until and r.step % self.dense_every == 0
-        if r.step % self.every == 0 or r.step == self.total - 1 or dense:
-            for field, chunks in self.sets.items():
-                setattr(r, field, mean_loss(self.model, chunks))
+from minitrain.core import rundir, zoo
+from minitrain.core.config import Config
+from minitrain.core.data import IGNORE
+from minitrain.core.optim import Optimizer
+from minitrain.core.probes import ClassProbe, EmbeddingGeometry, LayerProbe
+from minitrain.core.record import Observer
 
 
 class MetricsLog(Observer):
@@ -305,3 +217,38 @@ class Progress(Observer):
 
     def close(self):
         self.bar.stop()
+
+
+def build(cfg: Config, out: Path, ds, model, opt: Optimizer, names: list[str], sampler,
+          start: int, progress: bool, writer: bool) -> list[Observer]:
+    """The observers a config asks for; only rank 0 (`writer`) has any."""
+    if not writer:
+        return []
+    observers: list[Observer] = []
+    if cfg.train.instrument:
+        observers += [MetricsLog(out, opt.params),
+                      BatchLog(out, ds.tracked, ds.pieces, ds.source_of)]
+        if ds.source_of is not None:
+            observers.append(PhaseLog(out, sampler))
+        if "token_losses" in cfg.train.extra_logs:
+            observers.append(TokenLossLog(out))
+        if "moments" in cfg.train.extra_logs:
+            observers.append(MomentLog(out, opt, names, zoo.vocab_tables(model), ds.pieces))
+        observers += lab_probes(cfg, ds, model, out, start)
+    if progress:
+        observers.append(Progress(cfg.train.steps, out.name, start))
+    return observers
+
+
+def lab_probes(cfg: Config, ds, model, out: Path, start: int) -> list[Observer]:
+    """The extra observers of the synthetic kinds: class accuracy and probabilities for any
+    classifier, the embedding's geometry for the toy model, per-layer gradients for the MLP."""
+    if ds.names is None:
+        return []
+    t = cfg.train
+    probes = [ClassProbe(out, model, ds.full, ds.names, t.eval_every, t.steps)]
+    if cfg.model.kind == "embed-linear":
+        probes.append(EmbeddingGeometry(out, model.wte.weight, ds.names))
+    if cfg.model.kind == "mlp":
+        probes.append(LayerProbe(out, model, ds.full, t.eval_every, t.steps, at_init=not start))
+    return probes

@@ -1,209 +1,29 @@
-"""The optimizers (hand-written AdamW and SGD with momentum), the gradient guards in front of
-them (clip modes, the adaptive z-score clip, the outlier skip), and the LR schedule.
+"""The optimizers (hand-written AdamW and SGD with momentum) and the LR schedule.
 
-The optimizer's own state (moments, the gradient copy the moments see, the update) lives in
-one flat tensor per role, with a per-parameter view of it for observers and checkpoints, so
-each equation is one tensor op over every coordinate: a step costs what torch's foreach
-optimizers cost (on the CPU their `_foreach_*` ops loop over the tensors one kernel at a
-time). Elementwise ops round each coordinate alone, so the flat layout gives the same bits as
-one op per tensor. `p.grad` is left as the model produced it (pre-clip): the optimizer clips a
-copy, so observers always read the raw gradient.
+Each optimizer keeps its state (moments, the gradient copy the moments see, the update) in one
+flat tensor per role (`Flat`), so each equation is one tensor op over every coordinate; an
+elementwise op rounds each coordinate alone, so this gives the bits of the per-tensor
+reference (`adamw_reference.py`), which the tests hold it to. `p.grad` stays as the model
+produced it: the clip writes a copy, so observers always read the raw gradient.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
-from minitrain.core.config import OptimizerConfig
+from minitrain.core.config import OptimizerConfig, clip_threshold
+from minitrain.core.flat import Flat
+from minitrain.core.guards import ClipResult, NormGuard, Plan, clip_grads, guard_for, plan
 
 
-@dataclass
-class ClipResult:
-    # what the moments see: `grads` itself when the clip did nothing (with `out`: out's views,
-    # clipped or not)
-    grads: list[torch.Tensor]
-    grad_norm: float  # global L2 norm before clipping
-    post_norm: float  # global L2 norm after clipping
-    tensor_norms: torch.Tensor  # (n_tensors,) per-tensor L2 norms before clipping
-    clip_factor: float = 1.0  # global: min(1, t / (norm + 1e-12)); other modes: post / pre
-
-
-class Flat:
-    """All the parameters' coordinates in one tensor (`data`) and a view of it shaped like each
-    parameter (`views`, in parameter order): the elementwise equations run on `data` as one
-    op, per-parameter code (weight decay, observers, checkpoints) uses the views.
-
-    Parameters of one size lie side by side in `data` (sizes in the order they first come),
-    so that `norms` and `maxes` take all of a size at once, one op over a (count, size)
-    matrix: on the CPU each op costs microseconds of dispatch, more than a small tensor's
-    arithmetic, and on the CPU torch reduces each row of a matrix alone, with the bits of the
-    row's own reduction. (CUDA's kernels sum in other orders: there the norms agree with the
-    per-tensor ones to rounding, not bit for bit.)"""
-
-    def __init__(self, params: list[torch.Tensor]):
-        p0 = params[0]
-        if any(p.dtype != p0.dtype or p.device != p0.device for p in params):
-            raise ValueError("a flat tensor of the parameters needs one dtype and device")
-        sizes = [p.numel() for p in params]
-        first = {}
-        for i, n in enumerate(sizes):
-            first.setdefault(n, i)
-        self.order = sorted(range(len(params)), key=lambda i: (first[sizes[i]], i))  # in data
-        self.data = torch.zeros(sum(sizes), dtype=p0.dtype, device=p0.device)
-        self.views = [None] * len(params)
-        rank = [0] * len(params)  # each parameter's place in data's order
-        blocks, start = [], 0  # [start, size, count] per size, in data's order
-        for pos, (i, chunk) in enumerate(
-                zip(self.order, self.data.split([sizes[i] for i in self.order]))):
-            self.views[i], rank[i] = chunk.view_as(params[i]), pos
-            if not blocks or blocks[-1][1] != sizes[i]:
-                blocks.append([start, sizes[i], 0])
-            blocks[-1][2] += 1
-            start += sizes[i]
-        self._blocks = [self.data[a:a + n * count].view(count, n) for a, n, count in blocks]
-        self._rank = torch.tensor(rank, device=p0.device)
-
-    def fill(self, tensors: list[torch.Tensor]) -> None:
-        """data = the tensors (one per parameter, in parameter order), flattened."""
-        torch.cat([tensors[i].reshape(-1) for i in self.order], out=self.data)
-
-    def norms(self) -> torch.Tensor:
-        """Each view's L2 norm, in parameter order (on the CPU, the bits of
-        torch._foreach_norm)."""
-        return torch.cat([torch.linalg.vector_norm(b, dim=1) for b in self._blocks])[self._rank]
-
-    def maxes(self) -> torch.Tensor:
-        """Each view's largest entry, in parameter order."""
-        return torch.cat([b.amax(dim=1) for b in self._blocks])[self._rank]
-
-
-def _ratio(post: float, pre: float) -> float:
-    if not math.isfinite(pre):
-        return 0.0  # an infinite gradient: like the global formula, t / inf
-    return post / pre if pre > 0 else 1.0
-
-
-@torch.no_grad()
-def clip_grads(grads: list[torch.Tensor], threshold: float | None, mode: str = "global",
-               tensor_norms: torch.Tensor | None = None, g_norm: float | None = None,
-               out: Flat | None = None) -> ClipResult:
-    """Clip `grads` (not in place) by `threshold` (None = off):
-    global:     g *= min(1, threshold / (||g|| + 1e-12)), ||g|| over all tensors together
-    per-tensor: g_i *= min(1, threshold / (||g_i|| + 1e-12)), each tensor on its own
-    value:      each element clamped to [-threshold, threshold]
-    `tensor_norms` and `g_norm` may be passed when the caller already has them. With `out`
-    (a `Flat` of the same shapes) the result is always written there, clipped or not, and is
-    its views; the clip is then one op over all coordinates (the same bits, elementwise)."""
-    if tensor_norms is None:
-        tensor_norms = torch.stack(torch._foreach_norm(grads))
-    if g_norm is None:
-        g_norm = float(torch.linalg.vector_norm(tensor_norms))  # sqrt(sum_i ||g_i||^2)
-    if out is not None:
-        out.fill(grads)
-        grads = out.views
-    if threshold is None or math.isinf(threshold):
-        return ClipResult(grads, g_norm, g_norm, tensor_norms)
-    if mode == "global":
-        clip_factor = min(1.0, threshold / (g_norm + 1e-12))
-        if clip_factor == 1.0:
-            return ClipResult(grads, g_norm, g_norm, tensor_norms)
-        if out is not None:
-            out.data.mul_(clip_factor)
-        else:
-            grads = torch._foreach_mul(grads, clip_factor)
-        return ClipResult(grads, g_norm, g_norm * clip_factor, tensor_norms, clip_factor)
-    if mode == "per-tensor":
-        factors = (threshold / (tensor_norms + 1e-12)).clamp(max=1.0)
-        if out is not None:
-            torch._foreach_mul_(grads, list(factors.unbind()))
-            clipped = grads
-        else:
-            clipped = torch._foreach_mul(grads, list(factors.unbind()))
-        post = float(torch.linalg.vector_norm(tensor_norms * factors))
-    elif mode == "value":
-        if out is not None:
-            out.data.clamp_min_(-threshold).clamp_max_(threshold)
-            clipped = grads
-        else:
-            clipped = torch._foreach_clamp_max(torch._foreach_clamp_min(grads, -threshold),
-                                               threshold)
-        post = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(clipped))))
-    else:
-        raise ValueError(f"unknown clip mode {mode!r}")  # config validation stops this earlier
-    return ClipResult(clipped, g_norm, post, tensor_norms, _ratio(post, g_norm))
-
-
-class NormGuard:
-    """Running statistics of the pre-clip global norm, and the two guards built on them.
-
-    Mean and variance are exponential moving averages (factor `ema`), as in ZClip (Kumar et
-    al., 2025, "ZClip: Adaptive Spike Mitigation for LLM Pre-Training"). After `warmup` norms:
-    - clip_z: cap the norm at mean + clip_z * std (the adaptive clip);
-    - skip_z: drop the whole update when the norm's z-score is above skip_z.
-    The statistics are fed the norm that was applied (after the cap; nothing when skipped), so
-    one spike does not raise the bar for the next.
-    """
-
-    def __init__(self, clip_z: float | None = None, skip_z: float | None = None,
-                 ema: float = 0.97, warmup: int = 25):
-        self.clip_z, self.skip_z, self.ema, self.warmup = clip_z, skip_z, ema, warmup
-        self.mean, self.var, self.count = 0.0, 0.0, 0
-
-    @property
-    def active(self) -> bool:
-        return self.clip_z is not None or self.skip_z is not None
-
-    def z(self, g: float) -> float:
-        """z-score of `g` against the history; nan until `warmup` norms are in."""
-        if self.count < self.warmup:
-            return math.nan
-        return (g - self.mean) / max(math.sqrt(self.var), 1e-12)
-
-    def cap(self) -> float | None:
-        if self.clip_z is None or self.count < self.warmup:
-            return None
-        return self.mean + self.clip_z * math.sqrt(self.var)
-
-    def observe(self, g: float) -> None:
-        if self.count < self.warmup:  # plain running mean/variance until the EMA takes over
-            self.count += 1
-            delta = g - self.mean
-            self.mean += delta / self.count
-            self.var += (delta * (g - self.mean) - self.var) / self.count
-            return
-        self.count += 1
-        delta = g - self.mean
-        self.mean += (1 - self.ema) * delta
-        self.var = self.ema * (self.var + (1 - self.ema) * delta * delta)
-
-    def state_dict(self) -> dict:
-        return {"mean": self.mean, "var": self.var, "count": self.count}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.mean, self.var, self.count = state["mean"], state["var"], state["count"]
-
-
-def plan(g_norm: float, grad_clip: float | None, clip_mode: str, guard: NormGuard,
-         drop: bool = False) -> tuple[float, bool, float | None, str]:
-    """What the guards make of a pre-clip global norm, given their history: (z-score, skip
-    the update?, clip threshold or None, clip mode). `Optimizer.step` follows it;
-    `minitrain.tools.branch` replays it over a logged run to prove the guards never acted."""
-    z = guard.z(g_norm) if guard.active and not drop else math.nan
-    if drop or (guard.skip_z is not None and z > guard.skip_z):
-        return z, True, None, clip_mode
-    threshold, mode = grad_clip, clip_mode
-    cap = guard.cap()
-    if cap is not None and (threshold is None or cap < threshold):
-        threshold, mode = cap, "global"
-    return z, False, threshold, mode
-
-
-def guard_for(o: OptimizerConfig) -> NormGuard:
-    """The guards a config names, with no history yet."""
-    return NormGuard(o.clip_z, o.skip_z, o.norm_ema, warmup=max(25, o.warmup_steps))
+class GradNorms(NamedTuple):
+    grads: list[torch.Tensor]  # the raw gradient, one tensor per parameter (zeros for none)
+    per_tensor: torch.Tensor  # (n_tensors,) L2 norm of each
+    total: float  # the global L2 norm: sqrt(sum of per_tensor^2)
 
 
 @dataclass
@@ -232,7 +52,7 @@ class Optimizer:
                         "weight_decay": g.get("weight_decay", weight_decay)} for g in params]
         self.params = [p for g in self.groups for p in g["params"]]
         self.lr = lr
-        self.grad_clip = None if grad_clip is None or math.isinf(grad_clip) else grad_clip
+        self.grad_clip = clip_threshold(grad_clip)  # None: no clip
         self.clip_mode = clip_mode  # one of CLIP_MODES, checked at config load
         self.guard = guard or NormGuard()
         self.t = 0  # updates applied (skipped steps do not count)
@@ -244,7 +64,7 @@ class Optimizer:
             p.grad = None
 
     def state_dict(self) -> dict:
-        # copies, not views: a checkpoint holds one tensor per parameter, as it always did
+        # copies, not views: a checkpoint holds one tensor per parameter, apart from Flat
         state = {name: [x.clone() for x in xs] for name, xs in self._state().items()}
         return {"t": self.t, "guard": self.guard.state_dict(), **state}
 
@@ -257,34 +77,59 @@ class Optimizer:
                 a.copy_(b)
 
     @torch.no_grad()
-    def step(self, drop: bool = False) -> StepStats:
-        """One update; with `drop` (an fp16 overflow) or an outlier under skip_z, none."""
+    def grad_norms(self) -> GradNorms:
+        """The raw gradient and its L2 norms, before any guard."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
-        tensor_norms = torch.stack(torch._foreach_norm(grads))
-        g_norm = float(torch.linalg.vector_norm(tensor_norms))
-        guard = self.guard
-        z, skip, threshold, mode = plan(g_norm, self.grad_clip, self.clip_mode, guard, drop)
-        if skip:  # no update at all
-            return StepStats(g_norm, 0.0, 0.0, 0.0, 0.0, tensor_norms, skipped=True, grad_z=z)
-        # the clip comes before the moments see the gradient, as a clipped copy: p.grad stays
-        # raw for the observers. (Folding the factor into the moment update would save the
-        # copy but round differently: a clipped run would no longer repeat the published ones.)
-        clip = clip_grads(grads, threshold, mode, tensor_norms, g_norm, out=self.grads)
-        if guard.active:
-            guard.observe(clip.post_norm)
+        per_tensor = torch.stack(torch._foreach_norm(grads))
+        return GradNorms(grads, per_tensor, float(torch.linalg.vector_norm(per_tensor)))
+
+    def plan(self, norms: GradNorms, drop: bool = False) -> Plan:
+        """What the guards do with this step (guards.plan); `drop`: an fp16 overflow."""
+        return plan(norms.total, self.grad_clip, self.clip_mode, self.guard, drop)
+
+    @torch.no_grad()
+    def scale(self, norms: GradNorms, clip_factor: float) -> ClipResult:
+        """The global clip: the moments' copy of the gradient is the raw one x clip_factor."""
+        self.grads.fill(norms.grads)
+        if clip_factor == 1.0:
+            return ClipResult(self.grads.views, norms.total, norms.total, norms.per_tensor)
+        self.grads.data.mul_(clip_factor)
+        return ClipResult(self.grads.views, norms.total, norms.total * clip_factor,
+                          norms.per_tensor, clip_factor)
+
+    @torch.no_grad()
+    def clip(self, norms: GradNorms, p: Plan) -> ClipResult:
+        """The moments' copy of the gradient clipped as `p` says, in any mode."""
+        return clip_grads(norms.grads, p.threshold, p.mode, norms.per_tensor, norms.total,
+                          out=self.grads)
+
+    @torch.no_grad()
+    def apply(self, p: Plan, clip: ClipResult) -> StepStats:
+        """The update from the clipped copy (none when the plan skips the step)."""
+        if p.skip:
+            return StepStats(clip.grad_norm, 0.0, 0.0, 0.0, 0.0, clip.tensor_norms,
+                             skipped=True, grad_z=p.z)
+        if self.guard.active:
+            self.guard.observe(clip.post_norm)  # the norm that was applied
         self.t += 1
         self._update(self.grads, self.update)
-        update = self.update.views
         # p = p - update
-        torch._foreach_sub_(self.params, update)
-        # both sizes of the update in one copy to the host: the L2 norm per tensor first, as
-        # it always was on the CPU (a sum's rounding depends on its order); the max |x| by one
-        # aminmax over all coordinates (exact in any order; vector_norm(ord=inf) is 10x slower)
+        torch._foreach_sub_(self.params, self.update.views)
+        # L2 per tensor, then over the tensors (a sum's rounding depends on its order: this
+        # is the reference's); the largest |change| from one aminmax (a max is exact in any
+        # order); both read back together
         update_norm, update_max = torch.stack([
             torch.linalg.vector_norm(self.update.norms()),
             torch.stack(torch.aminmax(self.update.data)).abs().max()]).tolist()
         return StepStats(clip.grad_norm, clip.post_norm, clip.clip_factor, update_norm,
-                         update_max, clip.tensor_norms, grad_z=z)
+                         update_max, clip.tensor_norms, grad_z=p.z)
+
+    def step(self, drop: bool = False) -> StepStats:
+        """Guards, clip and update in one call, for code outside the training loop (the loop
+        writes the global clip out itself: core/loop.py)."""
+        norms = self.grad_norms()
+        p = self.plan(norms, drop)
+        return self.apply(p, self.clip(norms, p))
 
     def _decay(self, xs: list[torch.Tensor], scale: float) -> None:
         """xs += scale * wd * p, per group (p before this step's change); xs: one tensor per

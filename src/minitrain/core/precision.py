@@ -14,6 +14,21 @@ from __future__ import annotations
 import torch
 
 
+class NoScaler:
+    """fp32 and bf16: the loss as it is, no gradient to unscale, no step dropped."""
+
+    scale = None
+
+    def scaled(self, loss: torch.Tensor) -> torch.Tensor:
+        return loss
+
+    def unscale_(self, params: list[torch.Tensor]) -> bool:
+        return True
+
+    def update(self, finite: bool) -> None:
+        pass
+
+
 class LossScaler:
     def __init__(self, scale: float = 2.0**16, growth_interval: int = 200,
                  factor: float = 2.0, min_scale: float = 1.0):

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from minitrain.core import rundir
 from minitrain.core.data import Batch
-from minitrain.core.observe import Observer
+from minitrain.core.record import Observer
 
 
 def participation_ratio(s: torch.Tensor) -> float:

@@ -48,6 +48,7 @@ from minitrain.core import config
 from minitrain.core import dist as ddp
 from minitrain.core.corpus import read_sentences
 from minitrain.core.data import IGNORE, Sampler, encode_corpus, make_batch
+from minitrain.core.evaluate import WholeSetLoss
 from minitrain.core.model import GPT, token_losses
 from minitrain.core.observe import (
     BatchLog,
@@ -55,7 +56,6 @@ from minitrain.core.observe import (
     MomentLog,
     PhaseLog,
     TokenLossLog,
-    WholeSetLoss,
 )
 from minitrain.core.optim import AdamW, param_groups
 from minitrain.core.precision import forward_pass
@@ -150,7 +150,7 @@ def minitrain_loop(cfg, instrument: bool, whole_set_eval: bool = True) -> dict:
     cfg.train.instrument = instrument
     cfg.train.eval_dense = whole_set_eval
     cfg.train.eval_every = 25 if whole_set_eval else cfg.train.steps
-    with tempfile.TemporaryDirectory() as d, stopwatch((WholeSetLoss,), "on_step") as eval_s, \
+    with tempfile.TemporaryDirectory() as d, stopwatch((WholeSetLoss,), "losses") as eval_s, \
             stopwatch(PER_STEP_LOGS, "on_step") as logs_s:
         run = Path(d) / "run"
         tokens_per_s = train(cfg, run, progress=False)["loop_tokens_per_s"]

@@ -4,7 +4,7 @@ alike up to that step, so a sweep pays for a shared prefix once.
 Two configs train alike up to step F when, apart from `train.checkpoint_every`, they differ only
 in
 - the guards (optimizer.grad_clip, clip_mode, clip_z, skip_z, norm_ema), and the source's
-  logged pre-clip norms, replayed through the optimizer's own rule (`optim.plan`), show that
+  logged pre-clip norms, replayed through the optimizer's own rule (`guards.plan`), show that
   neither run's guards acted on any step before F;
 - the arrival samplers (data.sampler arrival / arrival-spread, data.arrive_gap), with F at or
   before data.arrive_step: both hold the rare sentences back and draw alike until then.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from minitrain.core import checkpoint, optim, rundir
+from minitrain.core import checkpoint, guards, rundir
 from minitrain.core import config as config_mod
 from minitrain.core.config import Config, ConfigError
 
@@ -66,7 +66,7 @@ def replay(metrics: list[dict], src: Config, cfg: Config, step: int
     they would have logged and their statistics after `step`, or why they (or the source's
     own guards) would have acted."""
     o = cfg.optimizer  # grad_clip: None when off (the config spells inf as null)
-    guard = optim.guard_for(o)
+    guard = guards.guard_for(o)
     same_clip = (src.optimizer.grad_clip, src.optimizer.clip_mode) == \
         (cfg.optimizer.grad_clip, cfg.optimizer.clip_mode)
     zs = []
@@ -76,12 +76,12 @@ def replay(metrics: list[dict], src: Config, cfg: Config, step: int
         g = m["grad_norm_pre_clip"]
         if g is None or not math.isfinite(g):
             return f"the source's gradient norm at step {k} is not finite"
-        z, skip, threshold, mode = optim.plan(g, o.grad_clip, o.clip_mode, guard)
+        z, skip, threshold, mode = guards.plan(g, o.grad_clip, o.clip_mode, guard)
         if skip:
             return f"optimizer.skip_z would have skipped step {k} (z = {z:.2f})"
         if threshold is not None:
             if mode == "global":
-                if min(1.0, threshold / (g + 1e-12)) < 1.0:
+                if guards.global_factor(threshold, g) < 1.0:
                     return (f"the clip would have acted at step {k} (norm {g:.4g} over "
                             f"{threshold:.4g})")
             elif not same_clip:  # the source ran this very clip and the log shows it idle

@@ -1,0 +1,88 @@
+"""Whole-set losses: the training and held-out sets cut into length-sorted chunks once, and
+the evaluator that decides on which steps they are measured."""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+
+import torch
+
+from minitrain.core.data import IGNORE
+from minitrain.core.model import token_losses
+
+
+def length_chunks(x: torch.Tensor, y: torch.Tensor, chunk: int = 64
+                  ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """A whole set cut for evaluation: rows sorted by their last scored position, in chunks of
+    `chunk`, each cut to its own longest row. Token sequences only (x integer, x and y (N, T));
+    the models here are causal or per-position, so what follows a row's last scored position
+    cannot change its losses, and a chunk of short rows costs what short rows cost."""
+    if x.is_floating_point() or x.dim() != 2 or x.shape != y.shape:
+        return [(x[i:i + chunk], y[i:i + chunk]) for i in range(0, len(x), chunk)]
+    scored = y != IGNORE
+    pos = torch.arange(1, y.shape[1] + 1, device=y.device)
+    ends = (scored * pos).amax(dim=1)  # 1 + last scored position; 0 for a row with none
+    order = torch.argsort(ends, stable=True)
+    out = []
+    for i in range(0, len(order), chunk):
+        rows = order[i:i + chunk]
+        T = max(1, int(ends[rows].max()))
+        out.append((x[rows, :T], y[rows, :T]))
+    return out
+
+
+@torch.inference_mode()
+def mean_loss(model, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Mean token loss over a whole set given as `length_chunks`."""
+    total, count = 0.0, 0
+    for x, y in chunks:
+        tl = token_losses(model(x), y, IGNORE)
+        total += float(tl.sum())
+        count += int((y != IGNORE).sum())
+    return total / count
+
+
+
+class WholeSetLoss:
+    """The whole-set losses (train_loss, val_loss) of a step, when it is due: every `every`
+    steps, at the last step, and for `dense` steps after the pre-clip norm jumps past `jump` x
+    its recent median at each step divisible by `dense_every` (1: all of them), so the
+    whole-set curve around a spike is complete."""
+
+    def __init__(self, model, sets, total_steps, every, warmup, jump=3.0, dense=100, window=50,
+                 dense_every=1):
+        self.model = model
+        # {"train_loss": chunks, "val_loss": chunks}, cut once: the sets never change
+        self.sets = {field: length_chunks(b.x, b.y) for field, b in sets.items()}
+        self.total, self.every, self.jump, self.dense = total_steps, every, jump, dense
+        self.dense_every = dense_every
+        self.warmup = warmup  # norms move fast while lr ramps up: no jump is judged there
+        self.norms: deque[float] = deque(maxlen=window)
+        self.dense_until = -1
+
+    def state_dict(self) -> dict:
+        return {"norms": list(self.norms), "dense_until": self.dense_until}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.norms.extend(state["norms"])
+        self.dense_until = state["dense_until"]
+
+    def losses(self, step: int, grad_norm: float) -> dict[str, float]:
+        """{"train_loss": ..., "val_loss": ...} when step is due, else {}; `grad_norm` is the
+        step's pre-clip norm, which opens the dense window."""
+        judged = step >= self.warmup and len(self.norms) >= 10
+        if judged and grad_norm > self.jump * statistics.median(self.norms):
+            self.dense_until = step + self.dense
+        self.norms.append(grad_norm)
+        dense = step <= self.dense_until and step % self.dense_every == 0
+        if step % self.every == 0 or step == self.total - 1 or dense:
+            return {field: mean_loss(self.model, chunks) for field, chunks in self.sets.items()}
+        return {}
+
+
+class NoEvaluation:
+    """An uninstrumented run evaluates nothing."""
+
+    def losses(self, step: int, grad_norm: float) -> dict[str, float]:
+        return {}

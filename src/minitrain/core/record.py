@@ -1,0 +1,34 @@
+"""The per-step record the loop hands to its observers, and the observer interface. The
+record is complete when observers see it: none of them writes into it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from minitrain.core.data import Batch
+from minitrain.core.optim import StepStats
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step: int
+    lr: float
+    loss: float  # mean over the batch's scored tokens
+    stats: StepStats
+    batch: Batch
+    token_loss: torch.Tensor  # (B, T), 0 at padding
+    n_tokens: int  # scored tokens in the batch
+    step_ms: float
+    loss_scale: float | None = None  # fp16 runs: the loss scale this step used
+    train_loss: float | None = None  # whole training set, when evaluated this step
+    val_loss: float | None = None  # the held-out set, on the same steps
+
+
+class Observer:
+    """Sees each step's record after the step; owns the files it writes."""
+
+    def on_step(self, r: StepRecord) -> None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,133 @@
+"""The training loop: the step, read top to bottom, then a fence after which the instrumentation
+only observes. `core/train.py` builds what the loop needs and writes the summary when it ends.
+
+This is the file the phase-19 handout asks you to edit: replace the clip line
+
+    clip_factor = min(1.0, self.clip / (g_norm + 1e-12))
+
+by `clip_factor = 1.0` and `seed=42 grad_clip=1.0 just phase-19-train` trains Run B.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from pathlib import Path
+
+from minitrain.core import checkpoint
+from minitrain.core.data import IGNORE, Batch
+from minitrain.core.model import token_losses
+from minitrain.core.optim import lr_at
+from minitrain.core.record import StepRecord
+
+
+class StopOnCtrlC:
+    """The first Ctrl-C asks the loop to stop after the current step, so every log holds
+    whole steps; a second one interrupts at once. Under torchrun every SIGINT only asks: a
+    terminal's Ctrl-C reaches each rank twice (from the terminal, then forwarded by torchrun,
+    which SIGKILLs ranks still running 30 s later)."""
+
+    def __init__(self, second_interrupts: bool = True):
+        self.requested, self._previous = False, None
+        self.second_interrupts = second_interrupts
+
+    def _handle(self, signum, frame):
+        if self.requested and self.second_interrupts:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Loop:
+    """Steps `start` .. `cfg.train.steps - 1`. What it has done so far is in `done` (steps
+    whose records are written), `record` (the last one), `step_s` and `tokens` (time in the
+    training step proper, and the tokens it scored), even when a step raises."""
+
+    def __init__(self, cfg, ds, forward, opt, sampler, dist, scaler, evaluator, observers,
+                 parts: dict, out: Path, writer: bool, start: int):
+        self.cfg, self.ds, self.forward, self.opt, self.sampler = cfg, ds, forward, opt, sampler
+        self.dist, self.scaler, self.evaluator, self.observers = dist, scaler, evaluator, observers
+        self.parts, self.out, self.writer = parts, out, writer
+        self.start = self.done = start
+        self.record: StepRecord | None = None
+        self.step_s, self.tokens = 0.0, 0
+        self.clip = math.inf  # the clip threshold in force at this step; inf: no clip
+
+    def run(self) -> str:
+        """Train to the end; returns "completed", "diverged" or "interrupted"."""
+        t = self.cfg.train
+        try:
+            with StopOnCtrlC(second_interrupts=self.dist.world == 1) as ctrl_c:
+                for step in range(self.start, t.steps):
+                    record = self.record = self.step(step)
+                    self.done = step + 1
+                    if self.writer and t.checkpoint_every and self.done % t.checkpoint_every == 0:
+                        checkpoint.save(self.out, self.done, self.parts)
+                    # a non-finite gradient whose step was dropped (fp16 overflow, or the
+                    # outlier skip) is handled; anything else non-finite ends the run
+                    s = record.stats
+                    if not math.isfinite(record.loss) or \
+                            not (math.isfinite(s.grad_norm_pre_clip) or s.skipped):
+                        return "diverged"
+                    if self.dist.any(ctrl_c.requested):  # every rank stops after the same step
+                        return "interrupted"
+        except KeyboardInterrupt:  # a second Ctrl-C: stop at once; readers skip a cut-off line
+            return "interrupted"
+        return "completed"
+
+    def step(self, step: int) -> StepRecord:
+        """One optimizer step, then its record handed to every observer."""
+        o, dist, opt, dev = self.cfg.optimizer, self.dist, self.opt, self.dist.device
+        t0 = time.perf_counter()
+        # ---- TRAINING STEP BEGIN ----
+        opt.lr = lr_at(step, o.lr, o.warmup_steps, self.cfg.train.steps, o.min_lr_ratio)
+        ids = self.sampler.next_ids()  # the global batch; this process trains on its share
+        batch = self.ds.batch(dist.shard(ids))  # on the CPU
+        x, y = batch.x.to(dev, non_blocking=True), batch.y.to(dev, non_blocking=True)
+        tl = token_losses(self.forward(x), y, IGNORE)  # (B, T)
+        n_tokens = int(dist.total(int((batch.y != IGNORE).sum())))  # in the global batch
+        loss = tl.sum() / n_tokens
+        opt.zero_grad()
+        self.scaler.scaled(loss).backward()
+        dist.reduce_grads(opt.params)  # summed over processes: the global gradient
+        # fp16: unscale before the clip sees the gradient; an overflow drops the step
+        finite = self.scaler.unscale_(opt.params)
+        norms = opt.grad_norms()
+        g_norm = norms.total  # the global L2 norm of the raw gradient
+        plan = opt.plan(norms, drop=not finite)  # the guards: threshold in force, skip or not
+        self.clip = math.inf if plan.threshold is None else plan.threshold
+        if plan.mode == "global":
+            clip_factor = min(1.0, self.clip / (g_norm + 1e-12))
+            clipped = opt.scale(norms, clip_factor)  # the moments see the gradient x factor
+        else:  # per-tensor or value clipping (the clip-geometry lab)
+            clipped = opt.clip(norms, plan)
+        stats = opt.apply(plan, clipped)  # moments and update (none when the step is skipped)
+        loss_scale = self.scaler.scale  # the scale this step used (fp16 only)
+        self.scaler.update(finite)
+        batch_loss = dist.total(loss.item())
+        self.sampler.observe(batch_loss)  # the mixer's bandit is rewarded by the loss
+        # ---- TRAINING STEP END: what follows only observes ----
+        step_ms = (time.perf_counter() - t0) * 1e3
+        self.step_s, self.tokens = self.step_s + step_ms / 1e3, self.tokens + n_tokens
+        whole_set = self.evaluator.losses(step, stats.grad_norm_pre_clip)
+        tl = tl.detach().cpu()  # the logs are written from the CPU
+        pad = self.ds.tokenizer.pad_id if self.ds.tokenizer else 0
+        rows = dist.gather_rows({"x": batch.x, "y": batch.y, "tl": tl},
+                                {"x": pad, "y": IGNORE, "tl": 0.0})
+        if self.writer:  # rank 0 sees the whole global batch
+            batch, tl = Batch(ids, rows["x"], rows["y"]), rows["tl"]
+        record = StepRecord(step, opt.lr, batch_loss, stats, batch, tl, n_tokens, step_ms,
+                            loss_scale=loss_scale, **whole_set)
+        for obs in self.observers:
+            obs.on_step(record)
+        return record
