@@ -1,12 +1,14 @@
 """The fast flat-tensor AdamW against the readable per-tensor one, bit for bit, and the readable
-one against torch.optim.AdamW."""
+one against torch.optim.AdamW; theory/02 quotes the readable one and must not go stale."""
 
 import inspect
+import re
 import textwrap
 
 import pytest
 import torch
 
+from conftest import ROOT
 from minitrain.core import adamw_reference
 from minitrain.core.adamw_reference import ReferenceAdamW
 from minitrain.core.config import ModelConfig
@@ -121,3 +123,10 @@ def test_reference_matches_torch_adamw_in_float64():
         torch.testing.assert_close(m, theirs.state[p]["exp_avg"], rtol=0, atol=1e-12)
         torch.testing.assert_close(v, theirs.state[p]["exp_avg_sq"], rtol=0, atol=1e-12)
 
+
+def test_theory_page_quotes_the_reference_step():
+    page = (ROOT / "theory/02-optimizer-and-schedule.md").read_text(encoding="utf-8")
+    quoted = re.search(r"<!-- quoted:adamw_reference -->\n```python\n(.*?)```\n<!-- /quoted -->",
+                       page, re.S)
+    assert quoted, "theory/02 lost its quoted ReferenceAdamW.step"
+    assert quoted.group(1) == textwrap.dedent(inspect.getsource(ReferenceAdamW.step))
