@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minitrain.core import rundir
+from minitrain.core import logs, rundir
 
 FILE = rundir.CHECKPOINT
 FORMAT = 1
@@ -64,29 +64,30 @@ def load(out: Path, parts: dict) -> int:
 def trim_logs(out: Path, steps: int) -> None:
     """Drop log records of steps at or after `steps` (written after the checkpoint by a run
     that was then killed): the resumed run writes them again, identically."""
-    for name in (rundir.METRICS, rundir.BATCHES, rundir.MOMENTS):
-        path = out / name
-        if not path.exists():
+    for kind in logs.LOGS:
+        path = out / kind.name
+        if not path.exists():  # not logged by this run's kind or extra_logs
             continue
-        keep = rundir.read_jsonl(path)[:steps]
-        if len(keep) < steps:
-            raise CheckpointError(f"{path}: holds {len(keep)} steps, the checkpoint {steps}")
-        text = "".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:steps])
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    for name in (rundir.CLASSES, rundir.GEOMETRY, rundir.LAYERS, rundir.PHASES):  # by step
-        path = out / name
-        if path.exists():
-            rows = rundir.read_jsonl(path)
-            keep = [r for r in rows if r.get("step", r.get("updates", 0) - 1) < steps]
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text("".join(json.dumps(r, separators=(",", ":")) + "\n" for r in keep),
-                           encoding="utf-8")
-            os.replace(tmp, path)
-    path = out / rundir.TOKEN_LOSSES
-    if not path.exists():  # not logged (train.extra_logs)
-        return
+        if kind.trim == "lines":
+            keep = rundir.read_jsonl(path)[:steps]
+            if len(keep) < steps:
+                raise CheckpointError(f"{path}: holds {len(keep)} steps, the checkpoint {steps}")
+            _replace(path, "".join(
+                path.read_text(encoding="utf-8").splitlines(keepends=True)[:steps]))
+        elif kind.trim == "step":
+            keep = [r for r in rundir.read_jsonl(path) if logs.record_step(kind, r) < steps]
+            _replace(path, "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in keep))
+        else:
+            _trim_token_losses(path, steps)
+
+
+def _replace(path: Path, text: str) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _trim_token_losses(path: Path, steps: int) -> None:
     records = rundir.read_token_losses(path)
     n = int(np.searchsorted(records["step"], steps))  # records are in step order
     with open(path, "r+b") as f:

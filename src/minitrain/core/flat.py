@@ -13,10 +13,9 @@ class Flat:
 
     Parameters of one size lie side by side in `data` (sizes in the order they first come),
     so that `norms` and `maxes` take all of a size at once, one op over a (count, size)
-    matrix: on the CPU each op costs microseconds of dispatch, more than a small tensor's
-    arithmetic, and on the CPU torch reduces each row of a matrix alone, with the bits of the
-    row's own reduction. (CUDA's kernels sum in other orders: there the norms agree with the
-    per-tensor ones to rounding, not bit for bit.)"""
+    matrix. On the CPU torch reduces each row of a matrix alone, so a row's norm has the bits
+    of the tensor's own norm; CUDA's kernels sum in other orders, and there the two agree to
+    rounding, not bit for bit."""
 
     def __init__(self, params: list[torch.Tensor]):
         p0 = params[0]

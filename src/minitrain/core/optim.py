@@ -64,7 +64,8 @@ class Optimizer:
             p.grad = None
 
     def state_dict(self) -> dict:
-        # copies, not views: a checkpoint holds one tensor per parameter, apart from Flat
+        # copies, not views: torch.save writes a view's whole storage, so each view would
+        # carry the whole flat tensor; a copy is one tensor per parameter
         state = {name: [x.clone() for x in xs] for name, xs in self._state().items()}
         return {"t": self.t, "guard": self.guard.state_dict(), **state}
 
@@ -145,7 +146,8 @@ class Optimizer:
 
 class AdamW(Optimizer):
     """AdamW (Loshchilov & Hutter) with bias correction, like torch.optim.AdamW, behind the
-    shared guards and clip."""
+    shared guards and clip. `adamw_reference.ReferenceAdamW` is the same step one tensor at a
+    time; tests/test_adamw_reference.py holds the two to the same bits."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
                  grad_clip: float | None = None, clip_mode: str = "global",

@@ -13,14 +13,21 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from minitrain.core.logs import (  # noqa: F401  (the log files' names, read from here)
+    BATCHES,
+    CLASSES,
+    GEOMETRY,
+    LAYERS,
+    LOGS,
+    METRICS,
+    MOMENTS,
+    PHASES,
+    TOKEN_LOSSES,
+)
+
 # the resolved config is not called config.yaml: an experiment folder keeps its source config
 # under that name and its run files beside it
 CONFIG, TOKENIZER, SUMMARY = "config.resolved.yaml", "tokenizer.json", "summary.json"
-METRICS, BATCHES, MOMENTS, TOKEN_LOSSES = (
-    "metrics.jsonl", "batches.jsonl", "moments.jsonl", "token_losses.bin")
-# written only for some model and data kinds (minitrain.core.probes)
-CLASSES, GEOMETRY, LAYERS = "classes.jsonl", "geometry.jsonl", "layers.jsonl"
-PHASES = "phases.jsonl"  # data.kind mixture: the mixer's phases
 
 # One record per scored position: which step, which sentence, where, what, and how wrong.
 TOKEN_LOSS_DTYPE = np.dtype([("step", "<u4"), ("row", "<u2"), ("pos", "<u2"), ("sentence", "<i4"),
@@ -112,8 +119,7 @@ def write_json_atomic(path: Path, obj: dict) -> None:
 
 
 CHECKPOINT = "checkpoint.pt"
-RUN_FILES = (CONFIG, TOKENIZER, SUMMARY, METRICS, BATCHES, MOMENTS, TOKEN_LOSSES, CHECKPOINT,
-             CLASSES, GEOMETRY, LAYERS, PHASES)
+RUN_FILES = (CONFIG, TOKENIZER, SUMMARY, CHECKPOINT, *(k.name for k in LOGS))
 # keys added to the config after runs were written with it: an older run lacks them, and reads
 # as their defaults
 ADDED_KEYS = {"data.kind", "data.n_samples", "data.n_val", "data.rare_fraction",
@@ -140,17 +146,7 @@ def prepare(out: Path, replace: bool = False) -> Path:
 
 # ---- readers --------------------------------------------------------------------------------
 
-REQUIRED = {
-    METRICS: ("step", "loss", "lr", "grad_norm_pre_clip", "grad_norm_post_clip", "clip_factor",
-              "update_norm", "weight_norm", "train_loss", "val_loss", "tokens"),
-    BATCHES: ("step", "sentence_ids", "words", "pieces"),
-    MOMENTS: ("step", "tensors", "tracked", "top_grad_rows"),
-    CLASSES: ("step", "accuracy", "class_accuracy", "probs"),
-    GEOMETRY: ("step", "rows", "displacement", "angle_change_deg", "cosines",
-               "participation_ratio", "effective_rank"),
-    LAYERS: ("updates", "act_grad_norm", "weight_grad_norm"),
-    PHASES: ("step", "phase", "length", "lead", "weights"),
-}
+REQUIRED = {k.name: k.keys for k in LOGS if k.keys}
 
 
 def read_jsonl(path: Path) -> list[dict]:
