@@ -114,3 +114,18 @@ def test_gpt2_small_config_is_gpt2_small_shaped():
         n_params = sum(p.numel() for p in GPT(m, tok.vocab_size).parameters())
     V, T, C, L = tok.vocab_size, m.block_size, m.n_embd, m.n_layer
     assert n_params == V * C + T * C + L * (12 * C * C + 13 * C) + 2 * C == 87_386_880
+
+
+def test_a_section_built_in_code_is_checked_too():
+    """Validation runs wherever a config is built, not only when a file is loaded; "no clip"
+    has one spelling however it is written."""
+    from minitrain.core.config import ModelConfig, OptimizerConfig, clip_threshold
+
+    with pytest.raises(ConfigError, match=r"^optimizer\.grad_clip: must be a positive"):
+        OptimizerConfig(grad_clip=-1.0)
+    assert OptimizerConfig(grad_clip=math.inf).grad_clip is None
+    assert clip_threshold(math.inf) is None and clip_threshold(0.5) == 0.5
+    with pytest.raises(ConfigError, match=r"^model\.kind: 'mlp' cannot read"):
+        config.Config(model=ModelConfig(kind="mlp"))
+    with pytest.raises(ConfigError, match=r"^my\.yaml: optimizer\.grad_clip: must be"):
+        config.from_dict({"optimizer": {"grad_clip": 0}}, "my.yaml")

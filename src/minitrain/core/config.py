@@ -20,8 +20,23 @@ class ConfigError(ValueError):
     """A config that cannot be used; the message is meant for the user as it is."""
 
 
+class InvalidValue(ConfigError):
+    """A section's own check failed; the message names the key, `from_dict` adds the file."""
+
+
+def _invalid(key, what):
+    return InvalidValue(f"{key}: {what}")
+
+
+class Section:
+    """Every section checks itself when it is built, from a file or in code."""
+
+    def __post_init__(self):
+        self.check(_invalid)
+
+
 @dataclass
-class DataConfig:
+class DataConfig(Section):
     kind: str = "corpus"  # see DATA_KINDS and minitrain.core.datasets
     train: str = "corpus/train.txt"  # one sentence per line; line number = sentence id
     val: str = "corpus/val.txt"
@@ -91,7 +106,7 @@ SAMPLERS = ("random", "shuffle", "spread", "arrival", "arrival-seen", "arrival-s
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(Section):
     kind: str = "gpt"  # gpt | embed-linear | mlp (minitrain.core.zoo)
     n_layer: int = 2  # mlp: hidden layers
     n_head: int = 4  # gpt only
@@ -115,7 +130,7 @@ class ModelConfig:
 
 
 @dataclass
-class OptimizerConfig:
+class OptimizerConfig(Section):
     name: str = "adamw"  # adamw | sgd (SGD with momentum)
     lr: float = 3e-3  # peak learning rate
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # adamw only
@@ -170,7 +185,7 @@ def clip_threshold(value: float | None) -> float | None:
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Section):
     steps: int = 600
     eval_every: int = 1  # whole-train-set and val loss every N steps
     eval_dense: bool = True  # and every step for 100 steps after a gradient-norm jump
@@ -209,7 +224,7 @@ EXTRA_LOGS = ("token_losses", "moments")
 
 
 @dataclass
-class DiagnoseConfig:
+class DiagnoseConfig(Section):
     """Spike thresholds for `minitrain diagnose` (and the sweep): a step is a spike when it is
     >= min_ratio x the median of the `window` steps before and >= z robust sd above it."""
     window: int = 50
@@ -241,6 +256,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     diagnose: DiagnoseConfig = field(default_factory=DiagnoseConfig)
 
+    def __post_init__(self):
+        # features are numbers, not token ids: only the mlp reads them, and it reads nothing else
+        if (self.model.kind == "mlp") != (self.data.kind == "tabular"):
+            raise _invalid("model.kind", f"{self.model.kind!r} cannot read data.kind "
+                           f"{self.data.kind!r} (mlp goes with tabular, and only with it)")
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
@@ -270,14 +291,10 @@ def from_dict(raw: dict, source: str = "<config>") -> Config:
         key = str(key)  # a key from the command line may hold anything, newlines included
         return ConfigError(f"{source}: {key if key.isprintable() else repr(key)}: {what}")
 
-    cfg = _build(Config, raw, "", where)
-    for section in (cfg.data, cfg.model, cfg.optimizer, cfg.train, cfg.diagnose):
-        section.check(where)
-    # features are numbers, not token ids: only the mlp reads them, and it reads nothing else
-    if (cfg.model.kind == "mlp") != (cfg.data.kind == "tabular"):
-        raise where("model.kind", f"{cfg.model.kind!r} cannot read data.kind "
-                    f"{cfg.data.kind!r} (mlp goes with tabular, and only with it)")
-    return cfg
+    try:
+        return _build(Config, raw, "", where)  # each section checks itself as it is built
+    except InvalidValue as e:
+        raise ConfigError(f"{source}: {e}") from None
 
 
 def _apply_override(raw: dict, item: str, path: Path) -> None:
