@@ -99,6 +99,7 @@ cells:
   no clip: [train.checkpoint_every=120]
   stratified: [data.sampler=arrival-spread, data.arrive_gap=1]
   skip z>6: [optimizer.skip_z=6]
+  clip 0.5 from 120: [optimizer.grad_clip=0.5, optimizer.clip_from_step=120]
   clip 0.5: [optimizer.grad_clip=0.5]
 """
 
@@ -106,17 +107,18 @@ cells:
 def test_branched_runs_equal_runs_trained_from_scratch(tmp_path):
     """Cells that provably train like the source until its checkpoint start from it; every
     log they write (token losses and moments included) is byte for byte a from-scratch run's.
-    A cell whose clip would have acted earlier is refused and trained from scratch."""
+    A cell whose clip would have acted earlier is refused and trained from scratch; one whose
+    clip starts at the checkpoint branches (it is the source until then)."""
     spec_path = tmp_path / "sweep.yaml"
     spec_path.write_text(BRANCH_SPEC.format(base=ROOT / "experiments/19-break-no-clip/config.yaml",
                                             out=tmp_path / "runs"), encoding="utf-8")
     spec = sweep.load_spec(spec_path)
     lines = []
     counts = sweep.run(spec, log=lines.append)
-    assert counts == {"already done": 0, "completed": 4, "branched": 2}
+    assert counts == {"already done": 0, "completed": 5, "branched": 3}
     assert any("clip-0.5" in ln and "from scratch: the clip would have acted at step 0" in ln
                for ln in lines)
-    for label, overrides, path in spec.runs()[1:3]:
+    for label, overrides, path in spec.runs()[1:4]:
         summary = json.loads((path / "summary.json").read_text())
         assert summary["branched_from"]["step"] == 120 and summary["status"] == "completed"
         scratch = tmp_path / "scratch" / path.parent.name

@@ -104,7 +104,7 @@ class Loop:
         finite = self.scaler.unscale_(opt.params)
         norms = opt.grad_norms()
         g_norm = norms.total  # the global L2 norm of the raw gradient
-        plan = opt.plan(norms, drop=not finite)  # the guards: threshold in force, skip or not
+        plan = opt.plan(norms, drop=not finite, step=step)  # the guards: threshold, skip or not
         self.clip = math.inf if plan.threshold is None else plan.threshold
         if plan.mode == "global":
             clip_factor = min(1.0, self.clip / (g_norm + 1e-12))

@@ -138,6 +138,7 @@ class OptimizerConfig(Section):
     momentum: float = 0.9  # sgd only
     weight_decay: float = 0.1  # applied to matrices only, not to gains and biases
     grad_clip: float | None = 1.0  # clip threshold; null (or inf) = no clipping
+    clip_from_step: int = 0  # grad_clip acts from this step on (before it: no clip)
     clip_mode: str = "global"  # global (L2 of all tensors) | per-tensor (L2 each) | value
     clip_z: float | None = None  # adaptive clip: cap the norm at its EMA mean + clip_z std
     skip_z: float | None = None  # skip the update when the norm's z-score is above this
@@ -173,6 +174,8 @@ class OptimizerConfig(Section):
             if math.isnan(self.grad_clip) or self.grad_clip <= 0:
                 raise where("optimizer.grad_clip", "must be a positive number, inf or null")
             self.grad_clip = clip_threshold(self.grad_clip)
+        if self.clip_from_step < 0:
+            raise where("optimizer.clip_from_step", "must be >= 0")
         if self.warmup_steps < 0:
             raise where("optimizer.warmup_steps", "must be >= 0")
         if not 0 <= self.min_lr_ratio <= 1:

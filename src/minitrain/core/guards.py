@@ -159,6 +159,12 @@ def plan(g_norm: float, grad_clip: float | None, clip_mode: str, guard: NormGuar
     return Plan(z, False, threshold, mode)
 
 
+def clip_at(grad_clip: float | None, clip_from_step: int, step: int | None) -> float | None:
+    """The fixed clip's threshold at `step`: none before `clip_from_step` (a clip switched on
+    late, on a run that was unclipped until then); `step` None: the clip always in force."""
+    return None if step is not None and step < clip_from_step else grad_clip
+
+
 def guard_for(o: OptimizerConfig) -> NormGuard:
     """The guards a config names, with no history yet."""
     return NormGuard(o.clip_z, o.skip_z, o.norm_ema, warmup=max(25, o.warmup_steps))

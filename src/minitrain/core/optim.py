@@ -17,7 +17,15 @@ import torch
 
 from minitrain.core.config import OptimizerConfig, clip_threshold
 from minitrain.core.flat import Flat
-from minitrain.core.guards import ClipResult, NormGuard, Plan, clip_grads, guard_for, plan
+from minitrain.core.guards import (
+    ClipResult,
+    NormGuard,
+    Plan,
+    clip_at,
+    clip_grads,
+    guard_for,
+    plan,
+)
 
 
 class GradNorms(NamedTuple):
@@ -44,7 +52,7 @@ class Optimizer:
     params: tensors, or groups {"params": [...], "weight_decay": float}.
     """
 
-    def __init__(self, params, lr, weight_decay, grad_clip, clip_mode, guard):
+    def __init__(self, params, lr, weight_decay, grad_clip, clip_mode, guard, clip_from_step=0):
         params = list(params)
         if params and not isinstance(params[0], dict):
             params = [{"params": params}]
@@ -54,6 +62,7 @@ class Optimizer:
         self.lr = lr
         self.grad_clip = clip_threshold(grad_clip)  # None: no clip
         self.clip_mode = clip_mode  # one of CLIP_MODES, checked at config load
+        self.clip_from_step = clip_from_step  # grad_clip acts from this step on
         self.guard = guard or NormGuard()
         self.t = 0  # updates applied (skipped steps do not count)
         self.grads = Flat(self.params)  # what the moments see: a (clipped) copy of p.grad
@@ -84,9 +93,10 @@ class Optimizer:
         per_tensor = torch.stack(torch._foreach_norm(grads))
         return GradNorms(grads, per_tensor, float(torch.linalg.vector_norm(per_tensor)))
 
-    def plan(self, norms: GradNorms, drop: bool = False) -> Plan:
-        """What the guards do with this step (guards.plan); `drop`: an fp16 overflow."""
-        return plan(norms.total, self.grad_clip, self.clip_mode, self.guard, drop)
+    def plan(self, norms: GradNorms, drop: bool = False, step: int | None = None) -> Plan:
+        """What the guards do with step `step` (guards.plan); `drop`: an fp16 overflow."""
+        threshold = clip_at(self.grad_clip, self.clip_from_step, step)
+        return plan(norms.total, threshold, self.clip_mode, self.guard, drop)
 
     @torch.no_grad()
     def scale(self, norms: GradNorms, clip_factor: float) -> ClipResult:
@@ -151,8 +161,8 @@ class AdamW(Optimizer):
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01,
                  grad_clip: float | None = None, clip_mode: str = "global",
-                 guard: NormGuard | None = None):
-        super().__init__(params, lr, weight_decay, grad_clip, clip_mode, guard)
+                 guard: NormGuard | None = None, clip_from_step: int = 0):
+        super().__init__(params, lr, weight_decay, grad_clip, clip_mode, guard, clip_from_step)
         self.betas, self.eps = tuple(betas), eps
         self.m_flat, self.v_flat = Flat(self.params), Flat(self.params)  # observers read these
         self._denom = Flat(self.params)
@@ -189,8 +199,8 @@ class SGD(Optimizer):
 
     def __init__(self, params, lr=1e-2, momentum=0.9, weight_decay=0.0,
                  grad_clip: float | None = None, clip_mode: str = "global",
-                 guard: NormGuard | None = None):
-        super().__init__(params, lr, weight_decay, grad_clip, clip_mode, guard)
+                 guard: NormGuard | None = None, clip_from_step: int = 0):
+        super().__init__(params, lr, weight_decay, grad_clip, clip_mode, guard, clip_from_step)
         self.momentum = momentum
         self.m_flat = Flat(self.params)
         self.m = self.m_flat.views  # momentum buffer, per parameter
@@ -223,7 +233,7 @@ def param_groups(model: torch.nn.Module, weight_decay: float):
 def build(o: OptimizerConfig, groups) -> Optimizer:
     """The optimizer a config names, with its clip and guards."""
     common = dict(lr=o.lr, weight_decay=o.weight_decay, grad_clip=o.grad_clip,
-                  clip_mode=o.clip_mode, guard=guard_for(o))
+                  clip_mode=o.clip_mode, guard=guard_for(o), clip_from_step=o.clip_from_step)
     if o.name == "sgd":
         return SGD(groups, momentum=o.momentum, **common)
     return AdamW(groups, betas=o.betas, eps=o.eps, **common)

@@ -128,7 +128,8 @@ ADDED_KEYS = {"data.kind", "data.n_samples", "data.n_val", "data.rare_fraction",
               "optimizer.clip_mode", "optimizer.clip_z", "optimizer.skip_z",
               "optimizer.norm_ema", "train.extra_logs", "train.device", "train.compile",
               "train.dtype", "diagnose", "data.sources", "data.schedule", "data.phase_min",
-              "data.phase_max", "data.lead_share", "data.bandit_gamma", "train.dense_every"}
+              "data.phase_max", "data.lead_share", "data.bandit_gamma", "train.dense_every",
+              "optimizer.clip_from_step"}
 
 
 def prepare(out: Path, replace: bool = False) -> Path:

@@ -3,9 +3,9 @@ alike up to that step, so a sweep pays for a shared prefix once.
 
 Two configs train alike up to step F when, apart from `train.checkpoint_every`, they differ only
 in
-- the guards (optimizer.grad_clip, clip_mode, clip_z, skip_z, norm_ema), and the source's
-  logged pre-clip norms, replayed through the optimizer's own rule (`guards.plan`), show that
-  neither run's guards acted on any step before F;
+- the guards (optimizer.grad_clip, clip_mode, clip_z, skip_z, norm_ema, clip_from_step), and
+  the source's logged pre-clip norms, replayed through the optimizer's own rule
+  (`guards.plan`), show that neither run's guards acted on any step before F;
 - the arrival samplers (data.sampler arrival / arrival-spread, data.arrive_gap), with F at or
   before data.arrive_step: both hold the rare sentences back and draw alike until then.
 Anything else, and the branch is refused with the reason. A branched directory is what the run
@@ -28,7 +28,7 @@ from minitrain.core import config as config_mod
 from minitrain.core.config import Config, ConfigError
 
 GUARD_KEYS = {"optimizer.grad_clip", "optimizer.clip_mode", "optimizer.clip_z",
-              "optimizer.skip_z", "optimizer.norm_ema"}
+              "optimizer.skip_z", "optimizer.norm_ema", "optimizer.clip_from_step"}
 HELD_BACK = ("arrival", "arrival-spread")  # samplers that draw alike until data.arrive_step
 INERT = {"train.checkpoint_every"}  # when state is saved changes nothing that is trained
 
@@ -67,8 +67,9 @@ def replay(metrics: list[dict], src: Config, cfg: Config, step: int
     own guards) would have acted."""
     o = cfg.optimizer  # grad_clip: None when off (the config spells inf as null)
     guard = guards.guard_for(o)
-    same_clip = (src.optimizer.grad_clip, src.optimizer.clip_mode) == \
-        (cfg.optimizer.grad_clip, cfg.optimizer.clip_mode)
+    same_clip = [(x.optimizer.grad_clip, x.optimizer.clip_mode, x.optimizer.clip_from_step)
+                 for x in (src, cfg)]
+    same_clip = same_clip[0] == same_clip[1]
     zs = []
     for k, m in enumerate(metrics[:step]):
         if m.get("skipped") or m["clip_factor"] != 1.0:
@@ -76,7 +77,8 @@ def replay(metrics: list[dict], src: Config, cfg: Config, step: int
         g = m["grad_norm_pre_clip"]
         if g is None or not math.isfinite(g):
             return f"the source's gradient norm at step {k} is not finite"
-        z, skip, threshold, mode = guards.plan(g, o.grad_clip, o.clip_mode, guard)
+        z, skip, threshold, mode = guards.plan(
+            g, guards.clip_at(o.grad_clip, o.clip_from_step, k), o.clip_mode, guard)
         if skip:
             return f"optimizer.skip_z would have skipped step {k} (z = {z:.2f})"
         if threshold is not None:
