@@ -61,7 +61,7 @@ phase-19-report: phase-19 phase-19-ablations
     {{python}} -m minitrain compare experiments/19-handout-control experiments/19-handout-batches \
       --page $page
     {{python}} -m minitrain diagnose experiments/19-break-no-clip \
-      --moments-page theory/02-optimizer-and-schedule.md > /dev/null
+      --moments-page theory/02-optimizer-and-schedule.md --label "Run B" > /dev/null
 
 # Run B over 20 seeds and the fixes (experiments/19-sweep/sweep.yaml); resumable; fills the
 # sweep block of the exercise page

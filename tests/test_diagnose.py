@@ -3,7 +3,8 @@
 import numpy as np
 
 from minitrain.core.config import DiagnoseConfig
-from minitrain.reports.diagnose import _words, detect
+from minitrain.reports.diagnose import _words
+from minitrain.reports.measure import detect
 
 
 def test_detect_finds_planted_outliers_and_merges_neighbours():

@@ -21,8 +21,8 @@ TOY = "experiments/toy-rare-samples/config.yaml"
 def sweep(base, out, grid: dict, sets=()):
     """The labs' runs, as their recipes make them: a sweep spec with a grid, in one process."""
     spec = out.parent / f"{out.name}-sweep.yaml"
-    spec.write_text(yaml.safe_dump({"base": base, "out": str(out), "jobs": 1, "summary": False,
-                                    "set": list(sets), "grid": grid}), encoding="utf-8")
+    spec.write_text(yaml.safe_dump({"base": base, "out": str(out), "jobs": 1, "set": list(sets),
+                                    "grid": grid}), encoding="utf-8")
     assert main(["sweep", str(spec)]) == 0
 TAB = "experiments/tabular-classifier/config.yaml"
 DEPTH = "experiments/depth-explosion/config.yaml"
@@ -170,7 +170,7 @@ def test_toy_report_fills_the_page(toy_runs, tmp_path):
     page.write_text("<!-- measured:toy-rare-samples-answers -->\nSTALE-TEXT\n"
                     "<!-- /measured:toy-rare-samples-answers -->\n"
                     "<!-- measured:toy-rare-samples -->\n<!-- /measured:toy-rare-samples -->\n")
-    results = toy_rare_samples.report(toy_runs, page)
+    results = toy_rare_samples.report(toy_runs, page)["measured"]
     text = page.read_text()
     assert "STALE-TEXT" not in text and "95:5" in text
     r = results[0]
@@ -185,7 +185,7 @@ def test_tabular_and_depth_runs(tmp_path):
 
     tab = tmp_path / "tab"
     sweep(TAB, tab, {"optimizer.grad_clip": [1.0, None]}, ["train.steps=40"])
-    res = tabular_classifier.report(tab)
+    res = tabular_classifier.report(tab)["measured"]
     assert len(res["epochs"]["clip 1"]) == 2  # 20 steps an epoch
     run = load_run(tab / "grad_clip=1.0")
     assert max(m["grad_norm_post_clip"] for m in run.metrics) <= 1 + 1e-6
@@ -198,7 +198,7 @@ def test_tabular_and_depth_runs(tmp_path):
     assert len(layers[0]["act_grad_norm"]) == 7
     low, high = (depth_explosion.at_init(load_run(deep / f"init_gain={g}")) for g in (0.5, 2))
     assert low["backward gain per layer"] < 1 < high["backward gain per layer"]
-    assert depth_explosion.report(deep)["runs"] == 2
+    assert depth_explosion.report(deep)["measured"]["runs"] == 2
     # a resumed run first drops the records of steps after its checkpoint, sparse logs too
     from minitrain.core.checkpoint import trim_logs
 

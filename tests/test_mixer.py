@@ -3,6 +3,7 @@ case, config errors, and a short real mixture run whose files, reports and pages
 
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -211,12 +212,20 @@ def test_lab_reports_fill_their_pages(mixture_runs, tmp_path):
               "capacity-runs"]
     page.write_text("".join(f"<!-- measured:{b} -->\nold\n<!-- /measured:{b} -->\n"
                             for b in blocks), encoding="utf-8")
-    results = source_shifts.report(mixture_runs, page)
-    cells = capacity.report(mixture_runs, page)
+    results = source_shifts.report(mixture_runs, page)["measured"]
+    # capacity compares model sizes: the two runs and one of another width
+    sizes = tmp_path / "sizes"
+    for run in ("clip-null", "clip-1.0"):
+        shutil.copytree(mixture_runs / run, sizes / run)
+    cfg = config.load(ROOT / LAB, [
+        "model.n_embd=24", "model.n_layer=1", "model.n_head=2", "train.steps=70",
+        "optimizer.warmup_steps=5", "data.phase_min=7", "data.phase_max=12"])
+    assert train(cfg, sizes / "wider", progress=False)["status"] == "completed"
+    cells = capacity.report(sizes, page)["measured"]
     text = page.read_text()
     assert "old" not in text and "boundaries flagged" in text
     assert (mixture_runs / "boundaries.png").read_bytes()[:4] == b"\x89PNG"
-    assert (mixture_runs / "capacity.png").is_file()
+    assert (sizes / "capacity.png").is_file()
     for m in results:
         assert m["boundaries"] >= 3 and m["boundaries"] == len(m["_marks"])
         assert 0 <= m["diagnose: boundaries flagged"] <= m["boundaries"]

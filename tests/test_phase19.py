@@ -13,7 +13,8 @@ from conftest import ROOT
 from minitrain.core import config
 from minitrain.core.rundir import load_run
 from minitrain.core.train import train
-from minitrain.reports.compare import markdown, norm_ratios, report
+from minitrain.reports.compare import markdown, report
+from minitrain.reports.measure import norm_ratios
 
 PAGE = ROOT / "experiments/19-break-no-clip/README.md"
 
@@ -136,7 +137,9 @@ def test_adam_memory_checked_on_run_b_matches_the_theory_page(runs):
                          for t in first)  # until its next gradient, m is the spike's echo
     page = (ROOT / "theory/02-optimizer-and-schedule.md").read_text(encoding="utf-8")
     block = page.split("<!-- measured:moment-decay -->\n")[1].split("<!-- /measured")[0]
-    assert block.strip() == moment_decay_markdown(d).strip()
+    # the page names the run as its recipe does (`just phase-19-report`)
+    recipe = {**d, "run": "experiments/19-break-no-clip"}
+    assert block.strip() == moment_decay_markdown(recipe, "Run B").strip()
 
 
 def test_adams_largest_move_at_the_arrival_is_its_bound(runs):

@@ -13,7 +13,8 @@ from minitrain.core import config, rundir
 from minitrain.core.corpus import read_sentences
 from minitrain.core.rundir import RunDirError, load_run
 from minitrain.core.train import train
-from minitrain.reports.compare import report, sentence_texts
+from minitrain.reports.compare import report
+from minitrain.reports.measure import sentence_texts
 
 TINY = ["data.vocab_size=400", "data.batch_size=8", "data.sampler=random", "train.threads=1",
         "model.n_layer=1", "model.n_embd=32", "model.n_head=2",

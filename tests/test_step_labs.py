@@ -18,7 +18,7 @@ SMALL = ["model.n_layer=1", "model.n_embd=32", "model.n_head=2", "train.extra_lo
 def _sweep(tmp_path, name, spec):
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump({"base": BASE, "out": str(tmp_path / name), "jobs": 1,
-                                    "summary": False, **spec}), encoding="utf-8")
+                                    **spec}), encoding="utf-8")
     assert main(["sweep", str(path)]) == 0
     return tmp_path / name
 
@@ -28,7 +28,7 @@ def test_no_step_exceeds_its_bound(tmp_path):
         "set": [*SMALL, "train.steps=60", "optimizer.warmup_steps=10"],
         "cells": {"adamw": [], "sgd": ["optimizer.name=sgd", "optimizer.lr=0.1"]},
         "grid": {"optimizer.grad_clip": [None, 0.5]}})
-    rows = {r["run"]: r for r in warmup_bound.report(runs)}
+    rows = {r["run"]: r for r in warmup_bound.report(runs)["measured"]}
     assert len(rows) == 4
     for name, r in rows.items():
         if name != "sgd, warm-up 10, no clip":
@@ -44,7 +44,7 @@ def test_sgd_vs_adam_reads_the_arrival(tmp_path):
     runs = _sweep(tmp_path, "arrive", {
         "set": [*SMALL, "train.steps=130", "data.arrive_step=100", "optimizer.warmup_steps=10"],
         "cells": {"adamw": [], "sgd": ["optimizer.name=sgd", "optimizer.lr=0.1"]}})
-    rows = sgd_vs_adam.report(runs, None)
+    rows = sgd_vs_adam.report(runs, None)["measured"]
     assert [r["optimizer"] for r in rows] == ["adamw", "sgd"]
     for r in rows:
         run = load_run(runs / r["optimizer"])

@@ -12,6 +12,7 @@ from conftest import ROOT
 from minitrain.core import config
 from minitrain.core.corpus import read_sentences
 from minitrain.core.train import train
+from minitrain.exercises import phase19
 from minitrain.reports.diagnose import diagnose
 from minitrain.tools import sweep
 from minitrain.tools.branch import config_gap
@@ -80,7 +81,7 @@ def test_sweep_runs_resumes_and_summarises(tmp_path):
     run = tmp_path / "runs/clip-0.5/seed-2"
     assert (run / "metrics.jsonl").is_file() and not (run / "moments.jsonl").exists()
     assert "seed: 2" in (run / "config.resolved.yaml").read_text()
-    table = sweep.report(spec)
+    table = phase19.report(spec)["measured"]
     assert [r["cell"] for r in table] == ["no clip", "clip 0.5"]
     assert all(r["runs"] == 2 for r in table)
     # clip 0.5 acts on most ordinary steps of this model; no clip on none

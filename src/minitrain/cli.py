@@ -15,8 +15,6 @@ from minitrain.core.corpus import CorpusError
 from minitrain.core.rundir import RunDirError
 
 USER_ERRORS = (ConfigError, CorpusError, RunDirError, CheckpointError)
-LABS = ("toy-rare-samples", "tabular-classifier", "clip-geometry", "depth-explosion",
-        "sgd-vs-adam", "warmup-bound", "numerics", "source-shifts", "capacity")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -36,7 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="folder for the PNG (default: RUN_B)")
     c.add_argument("--page", help="Markdown page whose '<!-- measured:A-vs-B -->' block to fill")
     r = sub.add_parser("report", help="draw a lab's pictures and fill its page from its runs")
-    r.add_argument("lab", choices=LABS)
+    r.add_argument("lab", help="the lab's name (minitrain.labs.LABS: toy-rare-samples, "
+                   "clip-geometry, ...)")
     r.add_argument("runs", help="the folder holding the lab's run directories")
     r.add_argument("--page", help="Markdown page whose measured blocks to fill")
     d = sub.add_parser("diagnose", help="find a run's spikes and what carried them")
@@ -49,15 +48,17 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--min-ratio", type=float,
                    help="ratio-to-median threshold (default: diagnose.min_ratio)")
     d.add_argument("--postmortem", metavar="FILE",
-                   help="write theory/04's post-mortem template, filled for the largest spike")
+                   help="write the post-mortem template, filled for the largest spike")
     d.add_argument("--against", metavar="RUN_A", help="reference run for the post-mortem")
     d.add_argument("--moments-page", metavar="PAGE", help="fill PAGE's '<!-- measured:"
                    "moment-decay -->' block: m and v decay after the largest spike")
+    d.add_argument("--label", help="what the moments block calls the run (default: its "
+                   "folder's name)")
     w = sub.add_parser("sweep", help="run a grid of seeds x settings; table and picture")
     w.add_argument("spec", help="sweep file (YAML: base, seeds, set, cells, jobs)")
     w.add_argument("--jobs", type=int, help="processes in parallel (default: the spec's)")
     w.add_argument("--report-only", action="store_true",
-                   help="do not train: summarise the runs already there")
+                   help="do not train: run the spec's report on the runs already there")
     w.add_argument("--page", action="append", default=[],
                    help="Markdown page whose '<!-- measured:sweep -->' block to fill "
                    "(repeatable)")
@@ -105,10 +106,12 @@ def main(argv: list[str] | None = None) -> int:
             report(args.run_a, args.run_b, args.out, args.page)
             return 0
         if args.command == "report":
-            from importlib import import_module
+            from minitrain.labs import LABS
 
-            module = import_module("minitrain.labs." + args.lab.replace("-", "_"))
-            module.report(args.runs, args.page)
+            if args.lab not in LABS:
+                raise ConfigError(f"report: unknown lab {args.lab!r} (expected one of: "
+                                  f"{', '.join(LABS)})")
+            LABS[args.lab].report(args.runs, args.page)
             return 0
         if args.command == "diagnose":
             from minitrain.reports.diagnose import diagnose, print_report, to_json
@@ -118,11 +121,11 @@ def main(argv: list[str] | None = None) -> int:
                 Path(args.out).write_text(to_json(result) + "\n", encoding="utf-8")
             if args.moments_page and result["spikes"]:
                 from minitrain.core.rundir import load_run
-                from minitrain.reports.compare import update_page
                 from minitrain.reports.diagnose import moment_decay, moment_decay_markdown
+                from minitrain.reports.pages import update_page
 
                 step = max(result["spikes"], key=lambda x: x["ratio"])["step"]
-                text = moment_decay_markdown(moment_decay(load_run(args.run), step))
+                text = moment_decay_markdown(moment_decay(load_run(args.run), step), args.label)
                 update_page(args.moments_page, "moment-decay", text)
             if args.postmortem:
                 from minitrain.reports.diagnose import postmortem
@@ -144,11 +147,12 @@ def main(argv: list[str] | None = None) -> int:
                 spec.jobs = args.jobs
             if not args.report_only:
                 sweep.run(spec, force=args.force)
-            if spec.summary:
-                table = sweep.report(spec, args.page)
-                print(sweep.markdown(table, spec))
-                print(f"per run: {spec.path.parent / 'results.csv'}; "
-                      f"picture: {spec.path.parent / 'sweep.png'}")
+            if spec.report:
+                from minitrain.exercises import EXERCISES
+
+                done = EXERCISES[spec.report].report(spec, args.page)
+                print("\n".join(done["blocks"].values()))
+                print("; ".join(f"{what}: {f}" for what, f in done.get("files", {}).items()))
             return 0
     except KeyboardInterrupt:
         return 130

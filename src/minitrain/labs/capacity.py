@@ -7,9 +7,12 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.labs import clip_label, fmt, load_runs, table
+from minitrain.labs.common import Runs, clip_label
 from minitrain.labs.shifts import measure, shifts
-from minitrain.reports.compare import update_page
+from minitrain.reports.pages import fmt, table, update_page
+
+NAME, FOLDER, BLOCKS = "capacity", "capacity", ("capacity-answers", "capacity", "capacity-runs")
+RUNS = Runs("mixture", "gpt", differ=("model.n_embd", "model.n_layer"))
 
 COLUMNS = ("status", "loss bump at boundaries (median)", "loss bump at boundaries (max)",
            "norm bump at boundaries (median)", "norm bump at boundaries (max)",
@@ -68,10 +71,10 @@ def summary_lines(cells: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def report(folder: str | Path, page: str | Path | None = None) -> list[dict]:
+def report(folder: str | Path, page: str | Path | None = None) -> dict:
     from minitrain.labs import pictures
 
-    runs = sorted(load_runs(folder, "mixture", "gpt"), key=lambda r: (
+    runs = sorted(RUNS.load(folder, NAME), key=lambda r: (
         r.config["optimizer"]["lr"], r.summary["n_params"], not shifts(r),
         r.config["optimizer"]["grad_clip"] is not None, r.config["seed"]))
     rows = rows_of(runs)
@@ -84,8 +87,8 @@ def report(folder: str | Path, page: str | Path | None = None) -> list[dict]:
     png = Path(folder) / "capacity.png"
     pictures.capacity_damage([r for r in rows if r["shifts"]], png)
     print(f"{said}\n\n{text_cells}\n\n{text_runs}\n\npicture: {png}")
-    if page:
-        update_page(page, "capacity-answers", said)
-        update_page(page, "capacity", text_cells)
-        update_page(page, "capacity-runs", text_runs)
-    return cells
+    blocks = {"capacity-answers": said, "capacity": text_cells, "capacity-runs": text_runs}
+    for key, text in blocks.items():
+        if page:
+            update_page(page, key, text)
+    return {"blocks": blocks, "measured": cells}

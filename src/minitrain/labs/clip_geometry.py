@@ -12,20 +12,21 @@ minitrain report clip-geometry RUN [--page README.md]
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from minitrain.core import checkpoint, datasets, optim, rundir, zoo
-from minitrain.core.config import from_dict
-from minitrain.core.data import IGNORE
-from minitrain.core.model import token_losses
-from minitrain.core.optim import param_groups
-from minitrain.reports.compare import update_page
+from minitrain.core import optim
+from minitrain.core.restore import Restored, restore
+from minitrain.labs.common import Runs
+from minitrain.reports.pages import fmt, update_page
 
+NAME, FOLDER, BLOCKS = "clip-geometry", "clip-geometry", ("clip-geometry",)
+RUNS = Runs("corpus", "gpt", one=True, arrival=False)  # one run, stopped at its arrival
 MODES = ("global", "per-tensor", "value")
+BUDGET = 1.0  # the global norm every mode clips to ...
+FRACTION = 0.25  # ... or this share of the raw norm: ordinary gradients sit below the budget
 
 
 def _threshold_for(grads, mode: str, budget: float) -> float:
@@ -48,44 +49,11 @@ def _flat(ts) -> torch.Tensor:
     return torch.cat([t.flatten() for t in ts])
 
 
-class Lab:
-    """The model, optimizer and data of a run, restored at its checkpoint."""
-
-    def __init__(self, path: Path):
-        self.run = rundir.load_run(path)
-        cfg = from_dict(self.run.config, str(path / rundir.CONFIG))
-        self.ds = datasets.build(cfg)  # the same data the run trained on
-        torch.manual_seed(cfg.seed)
-        self.model = zoo.build(cfg.model, self.ds.n_in, self.ds.n_out)
-        groups, self.names = param_groups(self.model, cfg.optimizer.weight_decay)
-        self.opt = optim.build(cfg.optimizer, groups)
-        self.sampler = datasets.sampler(cfg, self.ds)  # the run's own batch stream
-        self.step = checkpoint.load(path, {"model": self.model, "optimizer": self.opt,
-                                           "sampler": self.sampler})
-
-    def grads(self, ids: list[int]) -> list[torch.Tensor]:
-        batch = self.ds.batch(ids)
-        self.opt.zero_grad()
-        tl = token_losses(self.model(batch.x), batch.y, IGNORE)
-        (tl.sum() / (batch.y != IGNORE).sum()).backward()
-        return [p.grad.detach().clone() for p in self.opt.params]
-
-    def update_norms(self, clipped: list[torch.Tensor]) -> np.ndarray:
-        """Per-tensor L2 norm of the AdamW update this gradient would make (state untouched)."""
-        opt = copy.deepcopy(self.opt)
-        opt.grad_clip, opt.guard = None, optim.NormGuard()
-        before = [p.detach().clone() for p in opt.params]
-        for p, g in zip(opt.params, clipped):
-            p.grad = g
-        opt.step()
-        return np.array([float((p.detach() - b).norm()) for p, b in zip(opt.params, before)])
-
-
 def measure(path: Path, budget: float = 1.0, fraction: float = 0.25) -> dict:
     """Each gradient clipped to a global norm of `budget`, and (second table) of `fraction`
     times its own raw norm, so that ordinary gradients, far below the budget, are clipped
     too."""
-    lab = Lab(path)
+    lab = restore(path)
     rare_ids = lab.sampler.next_ids()  # the batch the run would take next
     past = lab.run.batches[max(0, lab.step - 10):lab.step]
     out = {"step": lab.step, "budget": budget, "fraction": fraction, "names": lab.names,
@@ -99,7 +67,7 @@ def measure(path: Path, budget: float = 1.0, fraction: float = 0.25) -> dict:
     return out
 
 
-def _clip_all(lab: Lab, raw: list[torch.Tensor], scale: str, budget: float,
+def _clip_all(lab: Restored, raw: list[torch.Tensor], scale: str, budget: float,
               fraction: float) -> dict:
     flat = _flat(raw)
     target = budget if scale == "budget" else fraction * float(flat.norm())
@@ -130,10 +98,10 @@ def tables(m: dict) -> str:
     for (label, _), rows in m["batches"].items():
         norm, target = np.mean([r["norm"] for r in rows]), np.mean([r["target"] for r in rows])
         for mode in MODES:
-            th = np.mean([r[mode]["threshold"] for r in rows])
-            th = f"{th:.4g}" if target < norm else "none acts"
-            lines.append(f"| {label} | {norm:.3f} | {target:.3f} | {mode} | {th} | "
-                         f"{np.mean([r[mode]['cosine'] for r in rows]):.4f} |")
+            th = fmt(np.mean([r[mode]["threshold"] for r in rows]), ".4g")
+            cos = fmt(np.mean([r[mode]["cosine"] for r in rows]), ".4f")
+            lines.append(f"| {label} | {fmt(norm, '.3f')} | {fmt(target, '.3f')} | {mode} | "
+                         f"{th if target < norm else 'none acts'} | {cos} |")
     r = m["batches"]["rare batch", "budget"][0]
     order = np.argsort(-r["share_raw"])[:6]
     lines += ["", "Rare batch, the six tensors with the largest share of the squared norm: "
@@ -143,11 +111,12 @@ def tables(m: dict) -> str:
               "update global | update per-tensor | update value |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for i in order:
-        lines.append(
-            f"| {m['names'][i]} | {r['share_raw'][i]:.1%} | {r['per-tensor']['share'][i]:.1%}"
-            f" | {r['value']['share'][i]:.1%} | {1e3 * r['update_raw'][i]:.3f} | "
-            f"{1e3 * r['global']['update'][i]:.3f} | {1e3 * r['per-tensor']['update'][i]:.3f}"
-            f" | {1e3 * r['value']['update'][i]:.3f} |")
+        shares = [fmt(x[i], ".1%") for x in (r["share_raw"], r["per-tensor"]["share"],
+                                               r["value"]["share"])]
+        updates = [fmt(1e3 * x[i], ".3f") for x in (r["update_raw"], r["global"]["update"],
+                                                    r["per-tensor"]["update"],
+                                                    r["value"]["update"])]
+        lines.append(f"| {m['names'][i]} | " + " | ".join(shares + updates) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -190,14 +159,14 @@ def picture(png: Path, budget: float = 1.0) -> None:
     plt.close(fig)
 
 
-def report(path: str | Path, page: str | Path | None = None, budget: float = 1.0,
-           fraction: float = 0.25) -> dict:
-    """Measure, draw `clip-geometry.png` into the run, fill the page's block; print the tables."""
-    path = Path(path)
-    m = measure(path, budget, fraction)
+def report(folder: str | Path, page: str | Path | None = None) -> dict:
+    """Measure the run in `folder`, draw `clip-geometry.png` into it, fill the page's block;
+    print the tables."""
+    (run,) = RUNS.load(folder, NAME)
+    m = measure(run.path, BUDGET, FRACTION)
     text = tables(m)
-    picture(path / "clip-geometry.png", budget)
+    picture(run.path / "clip-geometry.png", BUDGET)
     if page:
         update_page(page, "clip-geometry", text)
     print(text)
-    return m
+    return {"blocks": {"clip-geometry": text}, "measured": m}

@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from minitrain.core.rundir import CLASSES, LAYERS, Run
-from minitrain.labs import clip_label, load_runs, table
-from minitrain.reports.compare import update_page
+from minitrain.labs.common import Runs, clip_label
+from minitrain.reports.pages import table, update_page
+
+NAME, FOLDER, BLOCKS = "depth-explosion", "depth-explosion", ("depth-init", "depth-training")
+RUNS = Runs("tabular", "mlp", differ=("model.n_layer", "model.init_gain", "model.residual"))
 
 
 def arch(run: Run) -> str:
@@ -64,7 +67,7 @@ def _key(run: Run):
 def report(folder: str | Path, page: str | Path | None = None) -> dict:
     from minitrain.labs import pictures
 
-    runs = sorted(load_runs(folder, "tabular", "mlp"), key=_key)
+    runs = sorted(RUNS.load(folder, NAME), key=_key)
     unclipped = [r for r in runs if r.config["optimizer"]["grad_clip"] is None]
     init_rows = []
     for r in unclipped:
@@ -85,7 +88,8 @@ def report(folder: str | Path, page: str | Path | None = None) -> dict:
     png = Path(folder) / "layers.png"
     pictures.depth_layers(runs, png)
     print(f"{text_init}\n\n{text_train}")
-    if page:
-        update_page(page, "depth-init", text_init)
-        update_page(page, "depth-training", text_train)
-    return {"png": str(png), "runs": len(runs)}
+    blocks = {"depth-init": text_init, "depth-training": text_train}
+    for key, text in blocks.items():
+        if page:
+            update_page(page, key, text)
+    return {"blocks": blocks, "measured": {"png": str(png), "runs": len(runs)}}

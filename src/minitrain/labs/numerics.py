@@ -9,8 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from minitrain.core.rundir import Run
-from minitrain.labs import clip_label, load_runs, publish
-from minitrain.reports.compare import norm_ratios, whole_set_around
+from minitrain.labs.common import Runs, clip_label, publish
+from minitrain.reports.measure import norm_ratios, whole_set_around
+
+NAME, FOLDER, BLOCKS = "numerics", "numerics", ("numerics",)
+RUNS = Runs("corpus", "gpt", differ=("train.dtype",))
 
 
 def _key(run: Run) -> tuple:
@@ -39,15 +42,15 @@ def measure(run: Run, fp32: Run) -> dict:
     }
 
 
-def report(folder: str | Path, page: str | Path | None = None) -> list[dict]:
-    runs = {_key(r): r for r in load_runs(folder, "corpus", "gpt")}
+def report(folder: str | Path, page: str | Path | None = None) -> dict:
+    runs = {_key(r): r for r in RUNS.load(folder, NAME)}
     rows = []
     for clipped in (False, True):
         fp32 = runs.get((clipped, "float32"))
         for dtype in ("float32", "bfloat16", "float16"):
             if fp32 is not None and (clipped, dtype) in runs:
                 rows.append(measure(runs[clipped, dtype], fp32))
-    publish(rows, "Each low-precision run against the fp32 run with the same clip; the forward "
-            "pass only is in low precision (weights, gradients and Adam's moments stay fp32).",
-            "numerics", page)
-    return rows
+    text = publish(rows, "Each low-precision run against the fp32 run with the same clip; the "
+                   "forward pass only is in low precision (weights, gradients and Adam's moments "
+                   "stay fp32).", "numerics", page)
+    return {"blocks": {"numerics": text}, "measured": rows}

@@ -11,7 +11,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from minitrain.core.rundir import CLASSES, GEOMETRY, LAYERS, Run
-from minitrain.labs import clip_label
+from minitrain.labs.common import clip_label
 
 
 def _save(fig, png: Path) -> None:

@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 
 from minitrain.core.rundir import Run
-from minitrain.labs import clip_label, load_runs, publish
-from minitrain.reports.compare import whole_set_around
+from minitrain.labs.common import Runs, clip_label, publish
+from minitrain.reports.measure import whole_set_around
+
+NAME, FOLDER, BLOCKS = "sgd-vs-adam", "19-sgd", ("sgd-vs-adam",)
+RUNS = Runs("corpus", "gpt", differ=("optimizer.name",), arrival=True)
 
 WINDOW = 50  # ordinary steps before the arrival that set the baseline
 
@@ -38,14 +41,14 @@ def measure(run: Run) -> dict:
     }
 
 
-def report(folder: str | Path, page: str | Path | None = None) -> list[dict]:
-    runs = sorted(load_runs(folder, "corpus", "gpt"), key=label)
+def report(folder: str | Path, page: str | Path | None = None) -> dict:
+    runs = sorted(RUNS.load(folder, NAME), key=label)
     rows = [measure(r) for r in runs]
-    publish(rows, f"Ratios are to the median of the {WINDOW} steps before the arrival (step "
-            f"{runs[0].config['data']['arrive_step']}); moves are in weight units.",
-            "sgd-vs-adam", page, hide=("run", "optimizer"))
+    text = publish(rows, f"Ratios are to the median of the {WINDOW} steps before the arrival "
+                   f"(step {runs[0].config['data']['arrive_step']}); moves are in weight units.",
+                   "sgd-vs-adam", page, hide=("run", "optimizer"))
     _picture(runs, Path(folder) / "sgd-vs-adam.png")
-    return rows
+    return {"blocks": {"sgd-vs-adam": text}, "measured": rows}
 
 
 def _picture(runs: list[Run], png: Path) -> None:

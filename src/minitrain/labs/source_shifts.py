@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minitrain.labs import clip_label, fmt, load_runs, table
+from minitrain.labs.common import Runs, clip_label
 from minitrain.labs.shifts import LOOSE, measure, shifts
-from minitrain.reports.compare import update_page
+from minitrain.reports.pages import fmt, table, update_page
+
+NAME, FOLDER, BLOCKS = "source-shifts", "source-shifts", ("source-shifts-answers", "source-shifts")
+RUNS = Runs("mixture", "gpt", same=("model.n_embd", "model.n_layer"))  # one size: capacity's
 
 
 def _label(run) -> str:
@@ -36,10 +39,10 @@ def answers(labels: list[str], results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def report(folder: str | Path, page: str | Path | None = None) -> list[dict]:
+def report(folder: str | Path, page: str | Path | None = None) -> dict:
     from minitrain.labs import pictures
 
-    runs = sorted(load_runs(folder, "mixture", "gpt"),
+    runs = sorted(RUNS.load(folder, NAME),
                   key=lambda r: (not shifts(r), r.config["data"]["schedule"] != "seeded",
                                  r.config["optimizer"]["grad_clip"] is not None))
     labels = [_label(r) for r in runs]
@@ -51,8 +54,10 @@ def report(folder: str | Path, page: str | Path | None = None) -> list[dict]:
     pictures.shift_panels(runs, [m["_marks"] for m in results],
                           [m["_flagged"] for m in results], png)
     print(f"{said}\n\n{text}\n\npicture: {png}")
-    if page:
-        loose = ", ".join(f"{k} {v:g}" for k, v in LOOSE.items())
-        update_page(page, "source-shifts-answers", said + f"\n\n(Loose detector: {loose}.)")
-        update_page(page, "source-shifts", text)
-    return results
+    loose = ", ".join(f"{k} {v:g}" for k, v in LOOSE.items())
+    blocks = {"source-shifts-answers": said + f"\n\n(Loose detector: {loose}.)",
+              "source-shifts": text}
+    for key, block in blocks.items():
+        if page:
+            update_page(page, key, block)
+    return {"blocks": blocks, "measured": results}

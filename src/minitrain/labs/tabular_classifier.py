@@ -7,8 +7,13 @@ from pathlib import Path
 import numpy as np
 
 from minitrain.core.rundir import CLASSES, Run
-from minitrain.labs import clip_label, fmt, load_runs, table
-from minitrain.reports.compare import update_page
+from minitrain.labs.common import Runs, clip_label
+from minitrain.reports.pages import fmt, table, update_page
+
+NAME, FOLDER = "tabular-classifier", "tabular-classifier"
+BLOCKS = ("tabular-data", "tabular-epochs", "tabular-norms", "tabular-probs")
+# one model with and without the clip: depth-explosion's runs differ in the model
+RUNS = Runs("tabular", "mlp", same=("model.n_layer", "model.init_gain", "model.residual"))
 
 
 def steps_per_epoch(run: Run) -> int:
@@ -40,7 +45,7 @@ def norms(run: Run) -> dict:
 def report(folder: str | Path, page: str | Path | None = None) -> dict:
     from minitrain.labs import pictures
 
-    runs = sorted(load_runs(folder, "tabular", "mlp"),
+    runs = sorted(RUNS.load(folder, NAME),
                   key=lambda r: r.config["optimizer"]["grad_clip"] is None)  # clip first
     per_run = {clip_label(r): epochs(r) for r in runs}
     labels = list(per_run)
@@ -80,4 +85,4 @@ def report(folder: str | Path, page: str | Path | None = None) -> dict:
         print(f"{key}\n{text}\n")
         if page:
             update_page(page, key, text)
-    return {"epochs": per_run, "png": str(png)}
+    return {"blocks": blocks, "measured": {"epochs": per_run, "png": str(png)}}

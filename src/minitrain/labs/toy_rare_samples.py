@@ -10,8 +10,12 @@ from pathlib import Path
 import numpy as np
 
 from minitrain.core.rundir import GEOMETRY, Run
-from minitrain.labs import clip_label, fmt, load_runs, table
-from minitrain.reports.compare import update_page
+from minitrain.labs.common import Runs, clip_label
+from minitrain.reports.pages import fmt, table, update_page
+
+NAME, FOLDER = "toy-rare-samples", "toy-rare-samples"
+BLOCKS = ("toy-rare-samples-answers", "toy-rare-samples")
+RUNS = Runs("toy-tokens", "embed-linear")
 
 WINDOW = 50  # common steps in the baseline before a rare step
 
@@ -160,10 +164,10 @@ def _order(run: Run):
     return run.config["data"]["rare_fraction"], run.config["optimizer"]["grad_clip"] is not None
 
 
-def report(folder: str | Path, page: str | Path | None = None) -> list[dict]:
+def report(folder: str | Path, page: str | Path | None = None) -> dict:
     from minitrain.labs import pictures
 
-    runs = sorted(load_runs(folder, "toy-tokens", "embed-linear"), key=_order)
+    runs = sorted(RUNS.load(folder, NAME), key=_order)
     results = [measure(r) for r in runs]
     hidden = ("run", "path", "imbalance", "clip")
     keys = list(dict.fromkeys(k for r in results for k in r if k not in hidden))
@@ -184,4 +188,5 @@ def report(folder: str | Path, page: str | Path | None = None) -> list[dict]:
         update_page(page, "toy-rare-samples-answers", said)
         update_page(page, "toy-rare-samples", text)
         print(f"measured blocks updated in {page}")
-    return results
+    return {"blocks": {"toy-rare-samples-answers": said, "toy-rare-samples": text},
+            "measured": results}

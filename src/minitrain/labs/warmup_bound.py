@@ -10,7 +10,11 @@ import numpy as np
 from minitrain.core.config import OptimizerConfig
 from minitrain.core.optim import update_bound
 from minitrain.core.rundir import Run
-from minitrain.labs import clip_label, load_runs, publish
+from minitrain.labs.common import Runs, clip_label, publish
+
+NAME, FOLDER, BLOCKS = "warmup-bound", "warmup-bound", ("warmup-bound",)
+# the first steps of Run B's setup: the arrival never comes
+RUNS = Runs("corpus", "gpt", differ=("optimizer.name",), arrival=False)
 
 
 def label(run: Run) -> str:
@@ -41,13 +45,13 @@ def measure(run: Run) -> dict:
             "status": run.summary["status"]}
 
 
-def report(folder: str | Path, page: str | Path | None = None) -> list[dict]:
-    runs = sorted(load_runs(folder, "corpus", "gpt"), key=label)
+def report(folder: str | Path, page: str | Path | None = None) -> dict:
+    runs = sorted(RUNS.load(folder, NAME), key=label)
     rows = [measure(r) for r in runs]
-    publish(rows, "Moves and bounds in weight units (`update_max` in `metrics.jsonl`; "
-            "`optim.update_bound`; n/a: no bound without a clip).", "warmup-bound", page)
+    text = publish(rows, "Moves and bounds in weight units (`update_max` in `metrics.jsonl`; "
+                   "`optim.update_bound`; n/a: no bound without a clip).", "warmup-bound", page)
     _picture(runs, Path(folder) / "warmup-bound.png")
-    return rows
+    return {"blocks": {"warmup-bound": text}, "measured": rows}
 
 
 def _picture(runs: list[Run], png: Path) -> None:

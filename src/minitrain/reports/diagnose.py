@@ -1,11 +1,8 @@
 """`minitrain diagnose RUN`: find the spikes of one run and what carried them, from its run
 directory alone. Works on any run: no word, step or model size is assumed.
 
-A step is a spike when its value (pre-clip gradient norm, or batch loss) is both `min_ratio`
-times the median of the `window` steps before it and `z` robust standard deviations above it
-(median absolute deviation of the logs, as production trainers' outlier detectors do).
-Steps before the end of warm-up plus a quarter window are not judged; flagged steps closer
-than `merge` steps are one event, reported at its largest ratio.
+Spikes of the pre-clip gradient norm and of the batch loss are found by measure.detect; the
+post-mortem fills the package's template (templates/postmortem.md) for the largest one.
 """
 
 from __future__ import annotations
@@ -17,48 +14,18 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.core.config import ConfigError, DiagnoseConfig
 from minitrain.core.rundir import Run, clean, load_run
-from minitrain.reports.compare import sentence_texts, v_around, v_recovery, whole_set_around
-
-
-def thresholds(run: Run, **overrides) -> DiagnoseConfig:
-    """The run config's `diagnose` section (defaults for older runs), with the overrides that
-    are not None; raises ConfigError for an impossible value."""
-    th = DiagnoseConfig(**run.config.get("diagnose", {}))
-    for key, value in overrides.items():
-        if value is not None:
-            setattr(th, key, value)
-    th.check(lambda key, what: ConfigError(f"{key}: {what}"))
-    return th
-
-
-def detect(values: np.ndarray, start: int, th: DiagnoseConfig) -> list[dict]:
-    """Spike events in `values` from step `start` on: step, ratio to the rolling median, z."""
-    logs = np.log(np.where(values > 0, values, np.nan))
-    flagged = []
-    for i in range(start, len(values)):
-        hist = logs[max(0, i - th.window):i]
-        hist = hist[np.isfinite(hist)]
-        if len(hist) < 10:
-            continue
-        if not np.isfinite(values[i]):
-            flagged.append({"step": i, "ratio": np.inf, "z": np.inf})
-            continue
-        med = np.median(hist)
-        mad = max(1.4826 * np.median(np.abs(hist - med)), 1e-6)
-        ratio, z = float(np.exp(logs[i] - med)), float((logs[i] - med) / mad)
-        if ratio >= th.min_ratio and z >= th.z:
-            flagged.append({"step": i, "ratio": ratio, "z": z})
-    events: list[dict] = []
-    for f in flagged:
-        if events and f["step"] - events[-1]["last"] <= th.merge:
-            events[-1]["last"] = f["step"]
-            if f["ratio"] > events[-1]["ratio"]:
-                events[-1].update(step=f["step"], ratio=f["ratio"], z=f["z"])
-        else:
-            events.append({**f, "last": f["step"]})
-    return events
+from minitrain.reports.measure import (
+    detect,
+    judged_from,
+    sentence_texts,
+    summarise,
+    thresholds,
+    v_around,
+    v_recovery,
+    whole_set_around,
+)
+from minitrain.reports.pages import fmt
 
 
 def _words(pieces: list[str]) -> list[str]:
@@ -156,7 +123,7 @@ def diagnose(path: str | Path, **overrides) -> dict:
     z=, min_ratio=, merge=)."""
     run = load_run(path)
     th = thresholds(run, **overrides)
-    start = run.config["optimizer"]["warmup_steps"] + th.window // 4
+    start = judged_from(run, th)
     spikes = []
     for kind, key in (("grad_norm", "grad_norm_pre_clip"), ("loss", "loss")):
         for ev in detect(run.column(key), start, th):
@@ -243,19 +210,21 @@ def moment_decay(run: Run, step: int, k: int = 10) -> dict:
                        "b1_k": b1 ** j, "grad": bool(g[step + j] > 0)}
                       for j in range(min(k + 1, len(recs) - step)) if mn[step] > 0],
         })
-    return {"step": step, "b1": b1, "b2": b2, "rows": rows}
+    return {"run": str(run.path), "name": run.name, "step": step, "b1": b1, "b2": b2,
+            "rows": rows}
 
 
-def moment_decay_markdown(d: dict) -> str:
-    lines = [f"Run B, after its spike at step {d['step']} (`minitrain diagnose "
-             f"experiments/19-break-no-clip --moments-page ...`). A row is *quiet* on a step when "
+def moment_decay_markdown(d: dict, label: str | None = None) -> str:
+    """The page block of `moment_decay`; the run is called `label` (default: its folder)."""
+    lines = [f"{label or d['name']}, after its spike at step {d['step']} (`minitrain diagnose "
+             f"{d['run']} --moments-page ...`). A row is *quiet* on a step when "
              f"its gradient is exactly 0; then `m` must shrink by b1 = {d['b1']} and `v` by "
              f"b2 = {d['b2']}.", "",
              "| row | steps after | quiet steps | median m ratio | max error vs b1 | "
              "median v ratio | max error vs b2 |", "|---|---:|---:|---:|---:|---:|---:|"]
     for r in d["rows"]:
         def f(x, spec):
-            return "–" if x is None else format(x, spec)
+            return fmt(x, spec, missing="–")
         lines.append(f"| `{r['piece']}` {r['table']} | {r['steps_after']} | {r['quiet_steps']} | "
                      f"{f(r['m_ratio_median'], '.6f')} | {f(r['m_ratio_max_error'], '.1e')} | "
                      f"{f(r['v_ratio_median'], '.6f')} | {f(r['v_ratio_max_error'], '.1e')} |")
@@ -271,16 +240,20 @@ def moment_decay_markdown(d: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-TEMPLATE = Path(__file__).resolve().parents[3] / "theory/04-loss-spike-postmortem-template.md"
+TEMPLATE = "templates/postmortem.md"  # package data of minitrain (pyproject)
 
 
 def postmortem(result: dict, reference: str | Path | None = None,
-               template: Path = TEMPLATE) -> str:
-    """The post-mortem template with every measured placeholder filled for the run's largest
-    spike; the judgement ones ({root_cause}, {fix_1}, ...) are left for the author."""
-    from minitrain.reports.compare import summarise
+               template: Path | None = None) -> str:
+    """The post-mortem template (the package's own unless `template` is given) with every
+    measured placeholder filled for the run's largest spike; the judgement ones
+    ({root_cause}, {fix_1}, ...) are left for the author."""
+    if template is None:
+        from importlib.resources import files
 
-    text = template.read_text(encoding="utf-8")
+        text = files("minitrain").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    else:
+        text = Path(template).read_text(encoding="utf-8")
     if not result["spikes"]:
         return f"# Post-mortem: {result['run']}\n\nNo spike found (thresholds: " \
                f"{result['thresholds']}).\n"
@@ -378,8 +351,4 @@ def _diff(a: dict, b: dict, prefix: str = "") -> list[str]:
 
 
 def _fmt(x) -> str:
-    if x is None:
-        return "n/a"
-    if isinstance(x, (float, np.floating)):
-        return f"{x:.4g}" if np.isfinite(x) else "n/a"
-    return str(x)
+    return fmt(x, ".4g", nonfinite="n/a")

@@ -50,30 +50,3 @@ def compare_panels(a: Run, b: Run, step: int | None, png: Path) -> None:
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=90)
     plt.close(fig)
-
-
-def sweep_picture(rows: list[dict], png: Path) -> None:
-    """Per cell, every seed's norm ratio at the arrival and whole-set loss rise (dots) with the
-    cell's median (bar); diverged runs in red."""
-    cells = list(dict.fromkeys(r["cell"] for r in rows))
-    fig, ax = plt.subplots(1, 2, figsize=(13, 0.6 * len(cells) + 2.5), sharey=True)
-    for panel, key, title in ((ax[0], "ratio", "grad-norm ratio at the arrival (x median)"),
-                              (ax[1], "whole_rise", "whole-set loss rise after it (nats)")):
-        for y, cell in enumerate(cells):
-            rs = [r for r in rows if r["cell"] == cell and r.get(key) is not None]
-            vals = np.array([r[key] for r in rs], float)
-            ok = np.isfinite(vals)
-            if ok.any():
-                panel.barh(y, np.median(vals[ok]), color="0.85", height=0.6)
-            jitter = np.linspace(-0.2, 0.2, len(rs)) if len(rs) > 1 else np.zeros(len(rs))
-            colors = ["tab:red" if r.get("diverged") else "tab:blue" for r in rs]
-            panel.scatter(np.where(ok, vals, np.nan), y + jitter, s=12, c=colors, zorder=3)
-        panel.set_title(title)
-        panel.grid(axis="x", alpha=0.3)
-    ax[0].set_xscale("log")
-    ax[1].axvline(0, color="0.4", lw=0.8)
-    ax[0].set_yticks(range(len(cells)), cells)
-    ax[0].invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(png, dpi=110)
-    plt.close(fig)

@@ -1,8 +1,9 @@
 """`minitrain sweep SPEC`: one base config over many seeds and settings, in parallel
-processes, resumable, summarised as one table (markdown + CSV) and one picture.
+processes, resumable; the runs are read back by the report the spec names, if any.
 
 A spec (YAML) names a base config and any of: seeds, overrides for every run (`set`), cells
-(label -> overrides) and a grid (key -> values, every combination). Runs go to
+(label -> overrides), a grid (key -> values, every combination) and `report`, the name of the
+exercise (minitrain.exercises) whose table reads the runs back. Runs go to
 OUT/<cell>/<grid point>/seed-<n>/, ordinary run directories (a level is left out when the
 spec has no cells, grid or seeds). A run whose directory already holds a completed run of the
 same resolved config is not run again, so an interrupted sweep goes on where it stopped.
@@ -13,8 +14,6 @@ scratch where it cannot; the log says which, and why.
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import json
 import re
@@ -23,7 +22,6 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import yaml
 
 from minitrain.core import config as config_mod
@@ -41,7 +39,7 @@ class Spec:
     grid: list[tuple[str, list]]  # (key, values): every combination, within every cell
     jobs: int  # 1: in this process
     out: Path
-    summary: bool  # write the arrival table and picture (phase-19-style runs)
+    report: str | None = None  # the exercise whose table reads the runs (EXERCISES)
     branch_from: str | None = None  # a cell whose runs the others may branch from
 
     def runs(self) -> list[tuple[str, list[str], Path]]:
@@ -93,7 +91,7 @@ def load_spec(path: str | Path) -> Spec:
 
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping")
-    known = {"base", "seeds", "set", "cells", "grid", "jobs", "out", "summary", "branch_from"}
+    known = {"base", "seeds", "set", "cells", "grid", "jobs", "out", "report", "branch_from"}
     for key in raw:
         if key not in known:
             raise bad(key, f"unknown key (expected one of: {', '.join(sorted(known))})")
@@ -120,16 +118,20 @@ def load_spec(path: str | Path) -> Spec:
         raise bad("jobs", "expected a positive integer")
     if not isinstance(raw.get("base"), str):
         raise bad("base", "expected the path of a run config")
-    if not isinstance(raw.get("summary", True), bool):
-        raise bad("summary", "expected true or false")
+    report = raw.get("report")
+    if report is not None:
+        from minitrain.exercises import EXERCISES
+
+        if report not in EXERCISES:
+            raise bad("report", f"unknown report {report!r} (expected one of: "
+                      f"{', '.join(EXERCISES)})")
     branch_from = raw.get("branch_from")
     if branch_from is not None and (not isinstance(branch_from, str) or branch_from not in cells):
         raise bad("branch_from", "expected the label of one of the cells")
     spec = Spec(path, Path(raw["base"]), seeds, common,
                 {str(k) if k is not None else "": v for k, v in cells.items()},
                 [(str(k), v) for k, v in grid.items()], jobs,
-                Path(raw.get("out", path.parent / "runs")), raw.get("summary", True),
-                branch_from)
+                Path(raw.get("out", path.parent / "runs")), report, branch_from)
     for _, overrides, _ in spec.runs():  # every run's config is validated before any starts
         config_mod.load(spec.base, overrides)
     return spec
@@ -248,142 +250,3 @@ def run(spec: Spec, log=print, force: bool = False) -> dict[str, int]:
         raise
     pool.shutdown()
     return counts
-
-
-# ---- reading the runs back: one row per run, one line per cell ----
-
-def event_step(cfg: dict) -> int | None:
-    """The step where the spec's rare data arrives, from the run's config."""
-    data = cfg["data"]
-    if data["sampler"].startswith("arrival"):
-        return data["arrive_step"]
-    return None
-
-
-def run_row(path: Path) -> dict:
-    from minitrain.reports.compare import norm_ratios, whole_set_around
-    from minitrain.reports.diagnose import detect, thresholds
-
-    run = rundir.load_run(path)
-    step = event_step(run.config)
-    th = thresholds(run)
-    g = run.column("grad_norm_pre_clip")
-    post = run.column("grad_norm_post_clip")
-    start = run.config["optimizer"]["warmup_steps"] + th.window // 4
-    events = detect(g, start, th) if step is not None else []
-    ordinary = np.arange(len(g)) >= start
-    if step is not None:
-        ordinary &= np.arange(len(g)) < step
-    row = {"status": run.summary["status"], "steps": len(run.metrics),
-           "diverged": run.summary["status"] == "diverged",
-           "clipped_ordinary": float(np.mean(post[ordinary] < g[ordinary] * (1 - 1e-9)))
-           if ordinary.any() else np.nan,
-           "skipped_steps": int(sum(bool(m.get("skipped")) for m in run.metrics))}
-    if step is None or step >= len(g):
-        return row
-    around = whole_set_around(run, step)
-    back = around["whole back within 10% of rise, steps"]
-    final = run.column("train_loss")
-    final = final[np.isfinite(final)]
-    row.update({
-        "ordinary_norm": float(np.median(g[max(start, step - 50):step])) if step > start
-        else np.nan,
-        "spiked": any(step <= e["step"] <= step + 5 for e in events),
-        "spiked_later": any(e["step"] > step + 5 for e in events),
-        "ratio": float(norm_ratios(run)[step]),
-        "whole_before": around["whole_before"], "whole_rise": around["whole_rise"],
-        "recovery_steps": 0 if back == "no rise" else back,
-        "final_gap": float(final[-1] - around["whole_before"]) if len(final) else np.nan,
-    })
-    return row
-
-
-COLUMNS = ["cell", "seed", "status", "spiked", "spiked_later", "diverged", "ordinary_norm", "ratio",
-           "whole_before",
-           "whole_rise", "recovery_steps", "final_gap", "clipped_ordinary", "skipped_steps"]
-
-
-def collect(spec: Spec) -> list[dict]:
-    rows = []
-    for label, overrides, path in spec.runs():
-        seed = config_mod.load(spec.base, overrides).seed
-        try:
-            rows.append({"cell": label, "seed": seed, **run_row(path)})
-        except rundir.RunDirError:
-            rows.append({"cell": label, "seed": seed, "status": "missing"})
-    return rows
-
-
-def _median(values) -> float:
-    v = np.array([x for x in values if x is not None], float)
-    v = v[np.isfinite(v)]
-    return float(np.median(v)) if len(v) else np.nan
-
-
-def cell_table(rows: list[dict]) -> list[dict]:
-    out = []
-    for label in dict.fromkeys(r["cell"] for r in rows):
-        rs = [r for r in rows if r["cell"] == label and r["status"] != "missing"]
-        never = sum(r.get("recovery_steps") is None and "whole_rise" in r for r in rs)
-        out.append({
-            "cell": label, "runs": len(rs),
-            "spiked": sum(bool(r.get("spiked")) for r in rs),
-            "spiked later": sum(bool(r.get("spiked_later")) for r in rs),
-            "diverged": sum(r["diverged"] for r in rs),
-            "ordinary norm": _median(r.get("ordinary_norm") for r in rs),
-            "median ratio": _median(r.get("ratio") for r in rs),
-            "median whole-set rise": _median(r.get("whole_rise") for r in rs),
-            "rise > 0.1": sum((r.get("whole_rise") or 0) > 0.1 for r in rs),
-            "median recovery steps": _median(r.get("recovery_steps") for r in rs),
-            "not back by the end": never,
-            "median final - before": _median(r.get("final_gap") for r in rs),
-            "clipped ordinary steps": _median(r.get("clipped_ordinary") for r in rs),
-            "skipped steps": _median(r.get("skipped_steps") for r in rs),
-        })
-    return out
-
-
-def _fmt(x) -> str:
-    if isinstance(x, float):
-        if not np.isfinite(x):
-            return "–"
-        return f"{x:.3g}" if abs(x) >= 0.01 or x == 0 else f"{x:.2e}"
-    return str(x)
-
-
-def markdown(table: list[dict], spec: Spec) -> str:
-    head = list(table[0])
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in table:
-        cells = [_fmt(row[k]) if k != "clipped ordinary steps" or not np.isfinite(row[k])
-                 else f"{row[k]:.0%}" for k in head]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def to_csv(rows: list[dict], columns: list[str]) -> str:
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, columns, extrasaction="ignore", lineterminator="\n")
-    w.writeheader()
-    for r in rows:
-        w.writerow({k: _fmt(v) if isinstance(v, float) else v for k, v in r.items()})
-    return buf.getvalue()
-
-
-def report(spec: Spec, pages=()) -> list[dict]:
-    """Write OUT/../results.csv (per run), summary.csv/.md (per cell) and sweep.png next to
-    the spec; fill the `<!-- measured:sweep -->` block of each page in `pages`."""
-    from minitrain.reports.compare import update_page
-    from minitrain.reports.plots import sweep_picture
-
-    rows = collect(spec)
-    table = cell_table(rows)
-    where = spec.path.parent
-    (where / "results.csv").write_text(to_csv(rows, COLUMNS), encoding="utf-8")
-    (where / "summary.csv").write_text(to_csv(table, list(table[0])), encoding="utf-8")
-    text = markdown(table, spec)
-    (where / "summary.md").write_text(text, encoding="utf-8")
-    sweep_picture(rows, where / "sweep.png")
-    for page in pages:
-        update_page(page, "sweep", text)
-    return table

@@ -1,0 +1,68 @@
+"""Writing measurements into pages: the one number formatter, Markdown tables, and the
+`<!-- measured:NAME -->` blocks a report refills. Nothing here measures."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from minitrain.core.rundir import RunDirError
+
+
+def fmt(x, spec: str = ".3g", missing: str = "n/a", nonfinite: str | None = None,
+        tiny: str | None = None) -> str:
+    """One value as a page shows it. None reads `missing`; a float is formatted with `spec`
+    (with `tiny`, one under 0.01 in size with that spec instead); nan reads `missing` and inf
+    'inf', unless `nonfinite` gives one text for both; a bool is yes/no; anything else its str.
+    The options exist because the pages already in the tree print a missing value in their
+    own ways ("never", "n/a", "–"), and their bytes must not change."""
+    if x is None:
+        return missing
+    if isinstance(x, (bool, np.bool_)):
+        return "yes" if x else "no"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    if not isinstance(x, (float, np.floating)):
+        return str(x)
+    if not np.isfinite(x):
+        if nonfinite is not None:
+            return nonfinite
+        return "inf" if np.isinf(x) else missing
+    if tiny is not None and x != 0 and abs(x) < 0.01:
+        return format(x, tiny)
+    return format(x, spec)
+
+
+def table(header: list, rows: list[list], **how) -> str:
+    """A Markdown table; every cell through `fmt` (with `how`), a `|` inside a cell escaped."""
+    def cell(v) -> str:
+        return fmt(v, **how).replace("|", "\\|")
+
+    lines = ["| " + " | ".join(cell(h) for h in header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def update_page(page: str | Path, key: str, text: str) -> None:
+    """Replace the block between `<!-- measured:KEY -->` and `<!-- /measured:KEY -->`."""
+    page = Path(page)
+    try:
+        src = page.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise RunDirError(f"{page}: cannot read the page: {e}") from None
+    start, end = f"<!-- measured:{key} -->", f"<!-- /measured:{key} -->"
+    if start not in src or end not in src:
+        raise RunDirError(f"{page}: no '{start}' ... '{end}' block to fill")
+    head, rest = src.split(start, 1)
+    _, tail = rest.split(end, 1)
+    page.write_text(f"{head}{start}\n{text}\n{end}{tail}", encoding="utf-8")
+
+
+def blocks(page: str | Path) -> set[str]:
+    """The names of the measured blocks a page holds (opened and closed)."""
+    import re
+
+    src = Path(page).read_text(encoding="utf-8")
+    return {k for k in re.findall(r"<!-- measured:([^ ]+) -->", src)
+            if f"<!-- /measured:{k} -->" in src}
