@@ -139,7 +139,7 @@ def _imports(path: Path) -> set[str]:
     return out
 
 
-@pytest.mark.parametrize("folder", ["labs", "exercises"])
+@pytest.mark.parametrize("folder", ["labs", "exercises", "reports"])
 def test_plugins_import_no_training_internals(folder):
     for path in sorted((ROOT / "src/minitrain" / folder).glob("*.py")):
         core = {m.split(".")[2] for m in _imports(path)
@@ -148,13 +148,13 @@ def test_plugins_import_no_training_internals(folder):
 
 
 def test_the_general_tools_name_no_experiment():
-    """Reports and the sweep read any run: no experiment, exercise or theory page named (the
-    bench is left out: it times the shipped configs, by name)."""
+    """Reports and the tools read any run: no experiment, exercise or theory page named (the
+    bench's models are a data file, bench/models.yaml)."""
     names = [p.name for p in (ROOT / "experiments").iterdir() if p.is_dir()]
     pattern = re.compile("|".join([*map(re.escape, names), "theory/", r"phase.?19", r"Run [AB]\b"]))
     src = ROOT / "src/minitrain"
-    paths = [*sorted((src / "reports").rglob("*.py")), src / "tools/sweep.py",
-             src / "tools/branch.py"]
+    paths = [*sorted((src / "reports").rglob("*.py")), *sorted((src / "tools").glob("*.py")),
+             src / "cli.py"]
     for path in paths:
         found = pattern.search(path.read_text(encoding="utf-8"))
         assert not found, f"{path}: names {found.group()!r}"

@@ -34,8 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--out", help="folder for the PNG (default: RUN_B)")
     c.add_argument("--page", help="Markdown page whose '<!-- measured:A-vs-B -->' block to fill")
     r = sub.add_parser("report", help="draw a lab's pictures and fill its page from its runs")
-    r.add_argument("lab", help="the lab's name (minitrain.labs.LABS: toy-rare-samples, "
-                   "clip-geometry, ...)")
+    r.add_argument("lab", help="the lab's name (a key of minitrain.labs.LABS)")
     r.add_argument("runs", help="the folder holding the lab's run directories")
     r.add_argument("--page", help="Markdown page whose measured blocks to fill")
     d = sub.add_parser("diagnose", help="find a run's spikes and what carried them")
@@ -128,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
                 text = moment_decay_markdown(moment_decay(load_run(args.run), step), args.label)
                 update_page(args.moments_page, "moment-decay", text)
             if args.postmortem:
-                from minitrain.reports.diagnose import postmortem
+                from minitrain.reports.postmortem import postmortem
 
                 text = postmortem(result, args.against)
                 Path(args.postmortem).write_text(text, encoding="utf-8")

@@ -1,1 +1,1 @@
-
+"""Tools that drive the training side: the benchmark, sweeps, branching from a checkpoint."""

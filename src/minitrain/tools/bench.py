@@ -24,9 +24,10 @@ Measured (medians over `--repeats`):
 3. model FLOPs utilisation against this machine's measured matmul rate in the model's dtype
    (fp32, or bf16 for a bf16 config), and peak memory (the process's RSS; on CUDA, the GPU
    memory each model's runs allocated at most).
-`--device cuda` runs it all on the GPU (results-cuda.md/.json beside the CPU files), and
-`--models phase-19,larger,gpt2-small` adds the GPT-2-small-shaped config. On CUDA the loop
-synchronises every step anyway (the loss is read back), so host clocks time it.
+`--device cuda` runs it all on the GPU (results-cuda.md/.json beside the CPU files). The
+models are the entries of bench/models.yaml; `--models A,B` picks some, those marked `gpu`
+included. On CUDA the loop synchronises every step anyway (the loss is read back), so host
+clocks time it.
 Benchmarks, not tests: the suite only checks that this runs.
 """
 
@@ -43,6 +44,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+import yaml
 
 from minitrain.core import config
 from minitrain.core import dist as ddp
@@ -63,17 +65,29 @@ from minitrain.core.rundir import METRICS, read_jsonl
 from minitrain.core.tokenizer import Tokenizer
 from minitrain.core.train import train
 
-CONTROL = "experiments/19-control/config.yaml"
-MODELS = {  # name: (config, overrides)
-    "phase-19": (CONTROL, []),
-    "larger": (CONTROL, ["model.n_layer=4", "model.n_embd=128", "model.block_size=64"]),
-    "gpt2-small": ("experiments/gpt2-small/config.yaml", []),  # for a GPU
-}
+MODELS_FILE = "bench/models.yaml"  # name: {config, set, gpu}: what the bench measures
+
+
+def load_models(path: str | Path = MODELS_FILE) -> dict[str, tuple[str, list[str], bool]]:
+    """The benchmark's models: name -> (config file, overrides, GPU only)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise config.ConfigError(f"{path}: cannot read: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict) or not all(isinstance(v, dict) and "config" in v
+                                            for v in raw.values()):
+        raise config.ConfigError(f"{path}: expected name: {{config: FILE, set: [...]}} entries")
+    return {name: (v["config"], list(v.get("set", [])), bool(v.get("gpu", False)))
+            for name, v in raw.items()}
+
+
+MODELS = load_models() if Path(MODELS_FILE).is_file() else {}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def _cfg(model: str, steps: int, device: str, extra: tuple[str, ...] = ()):
-    path, overrides = MODELS[model]
+    path, overrides, _ = MODELS[model]
     return config.load(path, [*overrides, f"train.steps={steps}", "data.sampler=random",
                               f"train.device={device}", *extra])
 
@@ -220,8 +234,10 @@ def flops_per_token(cfg, n_params: int, seq_len: float) -> float:
 
 
 def run(repeats: int, steps: int, out_dir: Path, device: str = "cpu",
-        models: tuple[str, ...] = ("phase-19", "larger"), overrides: tuple[str, ...] = ()
+        models: tuple[str, ...] | None = None, overrides: tuple[str, ...] = ()
         ) -> dict:
+    if models is None:  # every model of bench/models.yaml that runs on any machine
+        models = tuple(name for name, (_, _, gpu) in MODELS.items() if not gpu)
     threads = torch.get_num_threads()
     dev = ddp.pick_device(device)
     cfgs = {name: _cfg(name, steps, device, overrides) for name in models}
@@ -304,13 +320,13 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=150)
     p.add_argument("--out", default="bench")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    p.add_argument("--models", default="phase-19,larger",
-                   help=f"comma-separated, of: {', '.join(MODELS)}")
+    p.add_argument("--models", default=None,
+                   help=f"comma-separated, of: {', '.join(MODELS)} (bench/models.yaml)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for every model (repeatable)")
     a = p.parse_args(argv)
-    models = tuple(a.models.split(","))
-    unknown = [m for m in models if m not in MODELS]
+    models = tuple(a.models.split(",")) if a.models else None
+    unknown = [m for m in models or () if m not in MODELS]
     if unknown:
         p.error(f"--models: unknown {', '.join(unknown)} (known: {', '.join(MODELS)})")
     try:
