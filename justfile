@@ -21,15 +21,22 @@ phase-19-train:
     {{python}} -m minitrain train experiments/19-control/config.yaml --out "$dir" --force \
       --set seed={{seed}} --set optimizer.grad_clip="$clip"
 
+# Run B with the clip switched on at the arrival (clip 1.0 from step 1200): the clip as a guard
+phase-19-guard:
+    {{python}} -m minitrain train experiments/19-clip-at-arrival/config.yaml --force \
+      --set seed={{seed}}
+
 # compare two run directories: terminal summary and a PNG of panels
 phase-19-compare a="experiments/19-control" b="experiments/19-break-no-clip":
     {{python}} -m minitrain compare {{a}} {{b}}
 
-# the whole exercise: control, break, compare
+# the whole exercise: control, break, the break with the clip from the arrival; compare
 phase-19:
     seed={{seed}} grad_clip=1.0 {{just_executable()}} phase-19-train
     seed={{seed}} grad_clip=inf {{just_executable()}} phase-19-train
+    seed={{seed}} {{just_executable()}} phase-19-guard
     {{just_executable()}} phase-19-compare
+    {{just_executable()}} phase-19-compare experiments/19-break-no-clip experiments/19-clip-at-arrival
 
 # the test suite (CPU, a few minutes at most)
 test *args:
@@ -54,6 +61,8 @@ phase-19-report: phase-19 phase-19-ablations
     set -euo pipefail
     page=experiments/19-break-no-clip/README.md
     {{python}} -m minitrain compare experiments/19-control experiments/19-break-no-clip --page $page
+    {{python}} -m minitrain compare experiments/19-break-no-clip experiments/19-clip-at-arrival \
+      --page $page
     for exp in 19-ablate-seen 19-ablate-spread; do
       {{python}} -m minitrain compare experiments/19-break-no-clip experiments/$exp --page $page
     done

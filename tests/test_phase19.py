@@ -48,16 +48,33 @@ def test_break_spikes_and_control_contains_it(runs):
 
 
 def test_the_clip_as_a_guard_is_run_b_until_the_arrival_and_contains_it(runs):
-    """Clip 1.0 switched on at the arrival: the same model as Run B (the same losses and norms
-    up to and including the arrival's batch), and most of Run B's whole-set rise is gone."""
+    """Clip 1.0 switched on at the arrival: the same model as Run B (the same batch losses and
+    norms up to and including the arrival's batch, the same whole-set losses before it), and
+    most of Run B's whole-set rise is gone."""
     b, g = runs["19-break-no-clip"], runs["19-clip-at-arrival"]
     step = int(np.argmax([x["words"]["written"] for x in b.batches]))
-    for key in ("loss", "grad_norm_pre_clip", "train_loss"):
+    for key in ("loss", "grad_norm_pre_clip"):  # measured before the step's update
         np.testing.assert_array_equal(g.column(key)[:step + 1], b.column(key)[:step + 1])
+    np.testing.assert_array_equal(g.column("train_loss")[:step], b.column("train_loss")[:step])
     clip = g.column("clip_factor")
     assert (clip[:step] == 1.0).all() and clip[step] < 1.0  # idle before, acts at the arrival
     assert np.nanmax(g.column("grad_norm_post_clip")[step:]) <= 1.0 + 1e-6
     assert _rise(b, step) >= 0.3 and _rise(g, step) < 0.25 * _rise(b, step)
+
+
+def test_the_clip_diagnose_suggests_contains_it_too(runs, tmp_path):
+    """diagnose suggests a clip from the run's own norms (p90 of the 100 before the spike);
+    switched on at the arrival, on Run B's model, it contains the damage like clip 1.0."""
+    from minitrain.reports.diagnose import diagnose
+
+    b = runs["19-break-no-clip"]
+    spike = next(s for s in diagnose(b.path)["spikes"] if s["step"] == 1200)
+    before = b.column("grad_norm_pre_clip")[1100:1200]
+    assert np.median(before) < spike["suggested_clip"] < before.max()
+    cfg = config.load(ROOT / "experiments/19-clip-at-arrival/config.yaml",
+                      [f"optimizer.grad_clip={spike['suggested_clip']}"])
+    train(cfg, tmp_path / "suggested", progress=False)
+    assert _rise(load_run(tmp_path / "suggested"), 1200) < 0.25 * _rise(b, 1200)
 
 
 def test_seen_from_the_start_no_spike(runs):
@@ -81,13 +98,14 @@ def _numbers(block: str) -> dict[str, list[float]]:
     return rows
 
 
-def test_page_numbers_come_from_these_runs(runs, tmp_path):
-    key = "19-control-vs-19-break-no-clip"
+@pytest.mark.parametrize("a,b", [("19-control", "19-break-no-clip"),
+                                 ("19-break-no-clip", "19-clip-at-arrival")])
+def test_page_numbers_come_from_these_runs(runs, tmp_path, a, b):
+    key = f"{a}-vs-{b}"
     page = PAGE.read_text(encoding="utf-8")
     block = page.split(f"<!-- measured:{key} -->")[1].split(f"<!-- /measured:{key} -->")[0]
     published = _numbers(block)
-    fresh = _numbers(markdown(report(runs["19-control"].path, runs["19-break-no-clip"].path,
-                                     tmp_path)))
+    fresh = _numbers(markdown(report(runs[a].path, runs[b].path, tmp_path)))
     assert published.keys() == fresh.keys() and len(published) > 15
     for row, values in fresh.items():
         assert values == pytest.approx(published[row], rel=0.02, abs=1e-3), row
@@ -110,7 +128,8 @@ def test_diagnose_names_step_batch_piece_and_word(runs):
 
 
 def test_postmortem_fills_the_measured_placeholders(runs):
-    from minitrain.reports.diagnose import diagnose, postmortem
+    from minitrain.reports.diagnose import diagnose
+    from minitrain.reports.postmortem import postmortem
 
     b, a = runs["19-break-no-clip"], runs["19-control"]
     text = postmortem(diagnose(b.path), a.path)

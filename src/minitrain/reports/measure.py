@@ -210,3 +210,15 @@ def detect(values: np.ndarray, start: int, th: DiagnoseConfig) -> list[dict]:
 def judged_from(run: Run, th: DiagnoseConfig) -> int:
     """The first step the detector judges: warm-up's end plus a quarter window."""
     return run.config["optimizer"]["warmup_steps"] + th.window // 4
+
+
+def suggest_clip(run: Run, step: int | None = None, window: int = 100, q: float = 90.0
+                 ) -> float | None:
+    """A clip threshold from the run's own norms: the `q`th percentile of the pre-clip global
+    norm over the `window` steps before `step` (default: the run's end), the rule of thumb of
+    Google's tuning playbook. None when fewer than 10 finite norms are there."""
+    norms = run.column("grad_norm_pre_clip")
+    end = len(norms) if step is None else step
+    recent = norms[max(0, end - window):end]
+    recent = recent[np.isfinite(recent)]
+    return float(np.percentile(recent, q)) if len(recent) >= 10 else None
