@@ -79,6 +79,12 @@ phase-19-sweep *args:
       --page experiments/19-break-no-clip/README.md \
       --page theory/02-optimizer-and-schedule.md {{args}}
 
+# Run B and the clip switched on at the arrival (1.0, 3.0) over 20 seeds
+# (experiments/19-sweep-guard/sweep.yaml); resumable; fills the sweep-guard block of the page
+phase-19-sweep-guard *args:
+    {{python}} -m minitrain sweep experiments/19-sweep-guard/sweep.yaml \
+      --page experiments/19-break-no-clip/README.md {{args}}
+
 # speed against plain PyTorch; writes bench/results.md and bench/results.json
 bench *args:
     {{python}} -m minitrain.tools.bench {{args}}

@@ -152,6 +152,8 @@ def test_branch_refuses_configs_that_differ_before_the_checkpoint():
     ("base: experiments/19-control/config.yaml\nseeds: 2\ncells: []\n", "cells: expected"),
     ("base: experiments/19-control/config.yaml\nseeds: 2\ncells: {a: []}\nworkers: 3\n",
      "workers: unknown key"),
+    ("base: experiments/19-control/config.yaml\nseeds: 2\ncells: {a: []}\nblock: 'a b'\n",
+     "block: expected a block name"),
 ])
 def test_bad_sweep_specs_are_one_line_errors(tmp_path, text, message):
     (tmp_path / "s.yaml").write_text(text, encoding="utf-8")
@@ -165,9 +167,9 @@ def test_shipped_sweep_validates():
     assert len(spec.seeds) >= 20 and len(spec.cells) >= 7
 
 
-def _sweep_block(page):
+def _sweep_block(page, name="sweep"):
     text = page.read_text(encoding="utf-8")
-    block = text.split("<!-- measured:sweep -->")[1].split("<!-- /measured:sweep -->")[0]
+    block = text.split(f"<!-- measured:{name} -->")[1].split(f"<!-- /measured:{name} -->")[0]
     lines = [ln for ln in block.strip().splitlines() if ln.startswith("|")]
     head = [c.strip() for c in lines[0].strip("|").split("|")]
     rows = {}
@@ -208,6 +210,25 @@ def test_exercise_page_reading_matches_its_sweep_block():
     seen = rows["not rare (seen from step 0)"]
     assert seen["spiked"] == "0" and _num(seen["median whole-set rise"]) < 0.05
     assert int(seen["spiked later"]) >= 1 and 1 <= int(seen["rise > 0.1"]) < int(b["rise > 0.1"])
+
+
+def test_exercise_page_reading_matches_its_guard_block():
+    """The statements under the exercise page's guard table, against that table."""
+    rows = _sweep_block(ROOT / "experiments/19-break-no-clip/README.md", "sweep-guard")
+    b, one, three = (rows[c] for c in ("no clip (Run B)", "clip 1.0 from arrival",
+                                       "clip 3.0 from arrival"))
+    n = int(b["runs"])
+    assert n >= 20 and all(int(r["runs"]) == n and r["diverged"] == "0" for r in rows.values())
+    for r in (one, three):  # one model before the arrival
+        assert (r["ordinary norm"], r["median ratio"]) == (b["ordinary norm"], b["median ratio"])
+    assert all(r["clipped ordinary steps"] == "0%" for r in rows.values())
+    assert int(b["rise > 0.1"]) >= 0.8 * n and int(one["rise > 0.1"]) <= 0.25 * n
+    assert _num(one["median whole-set rise"]) < 0.2 * _num(b["median whole-set rise"])
+    assert _num(three["median whole-set rise"]) > 0.8 * _num(b["median whole-set rise"])
+    assert int(three["rise > 0.1"]) >= 0.8 * n
+    ordinary, arrival = _num(b["ordinary norm"]), _num(b["median ratio"]) * _num(b["ordinary norm"])
+    assert 8 <= 3.0 / ordinary <= 11 and 3.0 / arrival > 0.5  # "about nine times", "less than half"
+    assert abs(_num(one["median final - before"])) < abs(_num(b["median final - before"]))
 
 
 @pytest.mark.parametrize("spec", sorted((ROOT / "experiments").glob("*/sweep.yaml")),

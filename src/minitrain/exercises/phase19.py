@@ -18,7 +18,7 @@ from minitrain.reports import pages
 from minitrain.reports.measure import detect, judged_from, norm_ratios, thresholds, whole_set_around
 from minitrain.reports.pages import fmt
 
-NAME, FOLDER, BLOCKS = "phase-19", "19-break-no-clip", ("sweep",)
+NAME, FOLDER, BLOCKS = "phase-19", "19-break-no-clip", ("sweep", "sweep-guard")
 RUNS = Runs("corpus", "gpt", arrival=True)  # the rare data arrives within every run
 
 
@@ -139,8 +139,8 @@ def to_csv(rows: list[dict], columns: list[str]) -> str:
 
 def report(spec, page=()) -> dict:
     """Write results.csv (per run), summary.csv/.md (per cell) and sweep.png next to the sweep
-    file `spec`; fill the `<!-- measured:sweep -->` block of each page in `page` (one or a
-    list)."""
+    file `spec`; fill the spec's measured block (`sweep` unless it names another) of each
+    page in `page` (one or a list)."""
     rows = collect(spec)
     table = cell_table(rows)
     where = spec.path.parent
@@ -150,8 +150,8 @@ def report(spec, page=()) -> dict:
     (where / "summary.md").write_text(text, encoding="utf-8")
     picture(rows, where / "sweep.png")
     for p in [page] if isinstance(page, (str, Path)) else page or ():
-        pages.update_page(p, "sweep", text)
-    return {"blocks": {"sweep": text}, "measured": table,
+        pages.update_page(p, spec.block, text)
+    return {"blocks": {spec.block: text}, "measured": table,
             "files": {"per run": where / "results.csv", "picture": where / "sweep.png"}}
 
 

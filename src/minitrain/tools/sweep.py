@@ -3,7 +3,8 @@ processes, resumable; the runs are read back by the report the spec names, if an
 
 A spec (YAML) names a base config and any of: seeds, overrides for every run (`set`), cells
 (label -> overrides), a grid (key -> values, every combination) and `report`, the name of the
-exercise (minitrain.exercises) whose table reads the runs back. Runs go to
+exercise (minitrain.exercises) whose table reads the runs back into a page's measured block
+(`block`, default `sweep`). Runs go to
 OUT/<cell>/<grid point>/seed-<n>/, ordinary run directories (a level is left out when the
 spec has no cells, grid or seeds). A run whose directory already holds a completed run of the
 same resolved config is not run again, so an interrupted sweep goes on where it stopped.
@@ -41,6 +42,7 @@ class Spec:
     out: Path
     report: str | None = None  # the exercise whose table reads the runs (EXERCISES)
     branch_from: str | None = None  # a cell whose runs the others may branch from
+    block: str = "sweep"  # the measured block of a page that the report fills
 
     def runs(self) -> list[tuple[str, list[str], Path]]:
         """(cell label, overrides, run directory) for every run, in order."""
@@ -91,7 +93,8 @@ def load_spec(path: str | Path) -> Spec:
 
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping")
-    known = {"base", "seeds", "set", "cells", "grid", "jobs", "out", "report", "branch_from"}
+    known = {"base", "seeds", "set", "cells", "grid", "jobs", "out", "report", "branch_from",
+             "block"}
     for key in raw:
         if key not in known:
             raise bad(key, f"unknown key (expected one of: {', '.join(sorted(known))})")
@@ -128,10 +131,13 @@ def load_spec(path: str | Path) -> Spec:
     branch_from = raw.get("branch_from")
     if branch_from is not None and (not isinstance(branch_from, str) or branch_from not in cells):
         raise bad("branch_from", "expected the label of one of the cells")
+    block = raw.get("block", "sweep")
+    if not (isinstance(block, str) and re.fullmatch(r"[\w.-]+", block)):
+        raise bad("block", "expected a block name (letters, digits, '.', '-', '_')")
     spec = Spec(path, Path(raw["base"]), seeds, common,
                 {str(k) if k is not None else "": v for k, v in cells.items()},
                 [(str(k), v) for k, v in grid.items()], jobs,
-                Path(raw.get("out", path.parent / "runs")), report, branch_from)
+                Path(raw.get("out", path.parent / "runs")), report, branch_from, block)
     for _, overrides, _ in spec.runs():  # every run's config is validated before any starts
         config_mod.load(spec.base, overrides)
     return spec
