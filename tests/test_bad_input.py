@@ -3,12 +3,15 @@ loaders and the CLI end in a one-line error and exit status 2, or in a normal re
 traceback. Case counts are in each @settings."""
 
 import shutil
+import subprocess
+import sys
 
 import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import ROOT
 from minitrain.cli import main
 from minitrain.core import config
 from minitrain.core.config import ConfigError
@@ -110,3 +113,65 @@ def test_damaged_run_dirs_read_or_fail_in_one_line(tmp_path, capsys, good_run, n
     assert code in (0, 2)
     if code == 2:
         assert err.startswith("minitrain: error:") and err.count("\n") == 1
+
+
+def test_two_runs_on_one_directory_cannot_interleave(tmp_path):
+    """While one run writes a directory, a second one is refused in one line; the lock goes
+    with the process, so a run killed outright leaves none behind."""
+    import signal
+    import time
+
+    tiny = ["data.vocab_size=400", "model.n_layer=1", "model.n_embd=16", "model.n_head=2"]
+    base = [sys.executable, "-m", "minitrain", "train",
+            str(ROOT / "experiments/19-control/config.yaml"), "--out", str(tmp_path / "run"),
+            "--quiet", *(x for kv in tiny for x in ("--set", kv))]
+    args = [*base, "--set", "train.steps=100000"]
+    first = subprocess.Popen(args)
+    try:
+        deadline = time.time() + 120
+        while not (tmp_path / "run/metrics.jsonl").exists() and time.time() < deadline:
+            time.sleep(0.2)
+        second = subprocess.run([*args, "--force"], capture_output=True, text=True)
+        assert second.returncode == 2, second.stderr
+        assert "another minitrain run is writing it now" in second.stderr
+        assert "Traceback" not in second.stderr and second.stderr.count("\n") == 1
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    again = subprocess.run([*base, "--force", "--set", "train.steps=2"], capture_output=True,
+                           text=True)
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize("kv,message", [
+    ("optimizer.lr=inf", "optimizer.lr: must be a finite number"),
+    ("optimizer.betas=[0.9, .nan]", "optimizer.betas: must be a finite number"),
+    ("data.vocab_size=100000000000", "data.vocab_size: 100000000000 is more than"),
+    ("model.n_embd=4000000", "lower the model (model.n_embd"),
+    ("data.batch_size=1000000000000", "lower the batch (data.batch_size"),
+])
+def test_configs_that_cannot_run_stop_before_anything_is_written(tmp_path, kv, message):
+    """A number that is not finite, a vocabulary the corpus cannot give (the tokenizer library
+    would abort the process), a model or batch far beyond the machine's memory: one line,
+    exit 2, before the run directory exists."""
+    proc = subprocess.run([sys.executable, "-m", "minitrain", "train",
+                           str(ROOT / "experiments/19-control/config.yaml"), "--out",
+                           str(tmp_path / "run"), "--quiet", "--set", kv],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("folder", ["19-control", "gpt2-small", "depth-explosion",
+                                    "toy-rare-samples", "tabular-classifier"])
+def test_the_memory_estimate_counts_the_parameters_the_model_has(folder):
+    from minitrain.core import datasets, memory, zoo
+
+    path = ROOT / f"experiments/{folder}/config.yaml"
+    for overrides in ([], ["model.tie_weights=true", "model.layer_norm=true"]):
+        cfg = config.load(path, overrides)
+        ds = datasets.build(cfg)
+        model = zoo.build(cfg.model, ds.n_in, ds.n_out)
+        assert memory.parameters(cfg, ds.n_in, ds.n_out) == \
+            sum(p.numel() for p in model.parameters())

@@ -12,7 +12,7 @@ from conftest import ROOT
 from minitrain.core import config, logs, observe, probes, rundir
 from minitrain.core.train import train
 
-FIXED = {rundir.CONFIG, rundir.TOKENIZER, rundir.SUMMARY, rundir.CHECKPOINT}
+FIXED = {rundir.CONFIG, rundir.TOKENIZER, rundir.SUMMARY, rundir.CHECKPOINT, rundir.LOCK}
 
 
 def test_the_run_format_doc_has_a_section_for_each_file_and_no_other():

@@ -158,7 +158,21 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"minitrain: error: {e}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as e:  # torch.OutOfMemoryError is a RuntimeError
+        if not _out_of_memory(e):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        print(f"minitrain: error: out of memory ({first}): lower data.batch_size or the "
+              "model's size (model.n_embd, model.n_layer)", file=sys.stderr)
+        return 2
     return 2
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    """An allocation that failed: the config asks for more than the machine has."""
+    text = str(e)
+    return isinstance(e, MemoryError) or type(e).__name__ == "OutOfMemoryError" or \
+        "can't allocate memory" in text or "out of memory" in text.lower()
 
 
 if __name__ == "__main__":

@@ -28,15 +28,27 @@ def _invalid(key, what):
     return InvalidValue(f"{key}: {what}")
 
 
+INFINITE_OK = {"optimizer.grad_clip"}  # inf means "off" here; every other number is finite
+
+
 class Section:
     """Every section checks itself when it is built, from a file or in code."""
 
+    KEY = ""  # the section's name in a config file
+
     def __post_init__(self):
+        for f in dataclasses.fields(self):
+            key, value = f"{self.KEY}.{f.name}", getattr(self, f.name)
+            numbers = value if isinstance(value, list) else [value]
+            if key not in INFINITE_OK and any(isinstance(x, float) and not math.isfinite(x)
+                                              for x in numbers):
+                raise _invalid(key, f"must be a finite number, got {value!r}")
         self.check(_invalid)
 
 
 @dataclass
 class DataConfig(Section):
+    KEY = "data"
     kind: str = "corpus"  # see DATA_KINDS and minitrain.core.datasets
     train: str = "corpus/train.txt"  # one sentence per line; line number = sentence id
     val: str = "corpus/val.txt"
@@ -107,6 +119,7 @@ SAMPLERS = ("random", "shuffle", "spread", "arrival", "arrival-seen", "arrival-s
 
 @dataclass
 class ModelConfig(Section):
+    KEY = "model"
     kind: str = "gpt"  # gpt | embed-linear | mlp (minitrain.core.zoo)
     n_layer: int = 2  # mlp: hidden layers
     n_head: int = 4  # gpt only
@@ -131,6 +144,7 @@ class ModelConfig(Section):
 
 @dataclass
 class OptimizerConfig(Section):
+    KEY = "optimizer"
     name: str = "adamw"  # adamw | sgd (SGD with momentum)
     lr: float = 3e-3  # peak learning rate
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # adamw only
@@ -189,6 +203,7 @@ def clip_threshold(value: float | None) -> float | None:
 
 @dataclass
 class TrainConfig(Section):
+    KEY = "train"
     steps: int = 600
     eval_every: int = 1  # whole-train-set and val loss every N steps
     eval_dense: bool = True  # and every step for 100 steps after a gradient-norm jump
@@ -228,6 +243,7 @@ EXTRA_LOGS = ("token_losses", "moments")
 
 @dataclass
 class DiagnoseConfig(Section):
+    KEY = "diagnose"
     """Spike thresholds for `minitrain diagnose` (and the sweep): a step is a spike when it is
     >= min_ratio x the median of the `window` steps before and >= z robust sd above it."""
     window: int = 50

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from minitrain.core import synthetic
-from minitrain.core.config import Config
+from minitrain.core.config import Config, ConfigError
 from minitrain.core.corpus import CorpusError, read_sentences, sentences_with
 from minitrain.core.data import Batch, Sampler, encode_corpus, make_batch
 from minitrain.core.mixer import MixtureSampler
@@ -63,10 +63,19 @@ def _rows(x: torch.Tensor, y: torch.Tensor) -> Callable[[list[int]], Batch]:
     return batch
 
 
+def _tokenizer(sentences: list[str], vocab_size: int, source: str) -> Tokenizer:
+    most = Tokenizer.most_pieces(sentences)
+    if vocab_size > most:
+        raise ConfigError(f"data.vocab_size: {vocab_size} is more than {source} can give "
+                          f"(fewer than {most} pieces: its characters, the specials and one "
+                          "per possible merge)")
+    return Tokenizer.train(sentences, vocab_size)
+
+
 def _corpus(cfg: Config) -> Dataset:
     d = cfg.data
     sentences, val_sentences = read_sentences(d.train), read_sentences(d.val)
-    tok = Tokenizer.train(sentences, d.vocab_size)
+    tok = _tokenizer(sentences, d.vocab_size, d.train)
     enc = encode_corpus(tok, sentences, cfg.model.block_size, d.train)
     enc_val = encode_corpus(tok, val_sentences, cfg.model.block_size, d.val)
     tracked = {w: set(sentences_with(sentences, w)) for w in d.tracked_words}
@@ -98,7 +107,7 @@ def _mixture(cfg: Config) -> Dataset:
         sentences += train
         source_of += [name] * len(train)
         counts[name] = {"path": path, "train": len(train), "val": len(lines) - len(train)}
-    tok = Tokenizer.train(sentences, d.vocab_size)
+    tok = _tokenizer(sentences, d.vocab_size, "data.sources")
     enc = encode_corpus(tok, sentences, cfg.model.block_size, "data.sources")
     enc_val = encode_corpus(tok, val_sentences, cfg.model.block_size, "data.sources (held out)")
     return Dataset(

@@ -132,6 +132,26 @@ ADDED_KEYS = {"data.kind", "data.n_samples", "data.n_val", "data.rare_fraction",
               "optimizer.clip_from_step"}
 
 
+LOCK = "run.lock"  # held while a run writes the directory; never deleted, so never raced
+
+
+def lock(out: Path):
+    """Hold `out`'s lock for as long as the returned file stays open: a second run on the same
+    directory is refused while the first writes. The kernel drops the lock when the process
+    ends, however it ends, so a killed run leaves none behind."""
+    import fcntl
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / LOCK, "a")  # noqa: SIM115  (held open: the lock lives as long as the file)
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.close()
+        raise RunDirError(f"{out}: another minitrain run is writing it now") from None
+    return f
+
+
 def prepare(out: Path, replace: bool = False) -> Path:
     """Create a run directory; refuse to mix a new run into an old one unless `replace`,
     which deletes the old run's files (and only those: a config or README beside them stays)."""

@@ -31,6 +31,15 @@ class Tokenizer:
         hf.train_from_iterator(sentences, trainer=trainer)
         return cls(hf)
 
+    @staticmethod
+    def most_pieces(sentences: list[str]) -> int:
+        """More pieces than a BPE over `sentences` can have: the specials, every character (and
+        the word marker), and one per merge, each of which removes at least one symbol from the
+        text. A vocab_size above it cannot be reached, and a very large one makes the trainer
+        abort the process allocating for it."""
+        chars = set("".join(sentences))
+        return len(SPECIALS) + len(chars) + 1 + sum(len(s) + 1 for s in sentences)
+
     @classmethod
     def load(cls, path: str | Path) -> Tokenizer:
         return cls(_HFTokenizer.from_file(str(path)))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from minitrain.core import checkpoint, datasets, observe, optim, rundir, zoo
+from minitrain.core import checkpoint, datasets, memory, observe, optim, rundir, zoo
 from minitrain.core import config as config_mod
 from minitrain.core import dist as ddp
 from minitrain.core.config import Config
@@ -38,6 +38,7 @@ class Setup:
     writer: bool  # rank 0 writes the run directory
     start: int
     summary: dict
+    lock: object = None  # the run directory's lock, held until finish
 
 
 def setup(cfg: Config, out: str | Path, replace: bool, resume: bool) -> Setup:
@@ -52,6 +53,8 @@ def setup(cfg: Config, out: str | Path, replace: bool, resume: bool) -> Setup:
 
     # data (corpus -> tokenizer -> encoded sentences, or a synthetic kind) -> model
     ds = datasets.build(cfg)
+    row_len = ds.full.x.shape[1] if ds.full.x.dim() == 2 else 1  # tokens in the longest row
+    memory.check(cfg, ds.n_in, ds.n_out, row_len, dev)  # before the model is allocated
     model = zoo.build(cfg.model, ds.n_in, ds.n_out).to(dev)  # initialised on the CPU
     forward = forward_pass(model, dev, cfg.train)
     groups, names = param_groups(model, cfg.optimizer.weight_decay)
@@ -60,6 +63,7 @@ def setup(cfg: Config, out: str | Path, replace: bool, resume: bool) -> Setup:
 
     # the run directory: resolved config and tokenizer first, before step 0; rank 0 writes it
     writer, out = dist.rank == 0, Path(out)
+    held = rundir.lock(out) if writer else None  # one run at a time writes a directory
     if writer and not resume:
         out = rundir.prepare(out, replace)
         (out / rundir.CONFIG).write_text(config_mod.dump(cfg), encoding="utf-8")
@@ -89,7 +93,7 @@ def setup(cfg: Config, out: str | Path, replace: bool, resume: bool) -> Setup:
     if writer:
         rundir.write_json_atomic(out / rundir.SUMMARY, summary)
     return Setup(dist, ds, model, forward, opt, names, sampler, scaler, evaluator, parts, out,
-                 writer, start, summary)
+                 writer, start, summary, held)
 
 
 def same_tokenizer(out: Path, tok: Tokenizer | None) -> None:
@@ -154,4 +158,6 @@ def finish(s: Setup, loop: Loop, observers, status: str, t_start: float, t_loop:
     })
     if s.writer:
         rundir.write_json_atomic(s.out / rundir.SUMMARY, s.summary)
+    if s.lock is not None:
+        s.lock.close()
     s.dist.close()
