@@ -30,7 +30,7 @@ configs = st.dictionaries(st.sampled_from(SECTIONS),
                           max_size=5)
 # derandomize: CI tries the same cases on every run; to hunt for new ones, set it to False
 # locally and run with `pytest --hypothesis-seed=N` for a few N
-fast = settings(max_examples=300, deadline=None, derandomize=True,
+fast = settings(max_examples=500, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

@@ -381,3 +381,47 @@ def test_ctrl_c_on_one_rank_stops_every_rank_after_the_same_step(tmp_path):
     assert int(run.token_losses()["step"].max()) == n - 1
     import torch
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == n
+
+
+def _until(proc, done, seconds=60):
+    """Poll (every half millisecond) until `done()` or the process ends."""
+    import time
+
+    deadline = time.time() + seconds
+    while not done() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.0005)
+
+
+def test_killed_at_random_moments_resumes_to_the_same_bytes(pair, tmp_path):
+    """SIGKILL at ten seeded moments (three of them as a checkpoint is being written): each
+    time, resuming (or, killed before the first checkpoint, starting again) ends in logs
+    byte-identical to the uninterrupted run's."""
+    import random
+    import signal
+    import time
+
+    (_, a), _ = pair  # 40 steps, uninterrupted
+    rng, resumed = random.Random(19), []
+    for trial in range(10):
+        out = tmp_path / f"kill-{trial}"
+        proc = _start(out, ["train.checkpoint_every=5"])
+        if trial < 3:  # as the temp checkpoint is written: the first, second or third one
+            tmp = out / "checkpoint.pt.tmp"
+            for _ in range(trial):  # let `trial` writes go by
+                _until(proc, tmp.exists)
+                _until(proc, lambda p=tmp: not p.exists())
+            _until(proc, tmp.exists)
+        else:
+            _wait_for_steps(out, rng.randint(0, 38))
+            time.sleep(rng.uniform(0, 0.05))
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        again = _cli("train", "--resume", str(out), "--quiet")
+        if "no checkpoint to resume from" in again.stderr:
+            again = _cli("train", "experiments/19-control/config.yaml", "--out", str(out),
+                         "--quiet", "--force", *(x for kv in TINY for x in ("--set", kv)))
+        assert again.returncode == 0, (trial, again.stderr)
+        for name in ("metrics.jsonl", "batches.jsonl", "moments.jsonl", "token_losses.bin"):
+            assert (out / name).read_bytes() == (a.path / name).read_bytes(), (trial, name)
+        resumed.append(load_run(out).summary["resumed_at_step"])
+    assert sum(s is not None for s in resumed) >= 5  # most trials resumed from a checkpoint

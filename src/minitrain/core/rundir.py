@@ -159,7 +159,8 @@ def prepare(out: Path, replace: bool = False) -> Path:
     old = [out / n for n in RUN_FILES if (out / n).exists()]
     if old and not replace:
         raise RunDirError(f"{out}: already holds a run; pass --force to replace it")
-    for p in old:
+    # and what a killed run may leave: a temp file it had not yet renamed
+    for p in old + [out / f"{n}.tmp" for n in RUN_FILES if (out / f"{n}.tmp").exists()]:
         p.unlink()
     out.mkdir(parents=True, exist_ok=True)
     return out
