@@ -29,13 +29,14 @@ def test_length_chunks_give_the_mean_loss_of_the_padded_set():
         [(4, 3), (4, 3), (2, 3)]
 
 
-def _evaluated_steps(dense_every: int) -> list[int]:
+def _evaluated_steps(dense_every: int, jump_at=120, dense_at=None) -> list[int]:
     ev = WholeSetLoss(lambda x: torch.zeros(*x.shape, 2), {"train_loss": SimpleNamespace(
         x=torch.zeros(1, 1, dtype=torch.long), y=torch.zeros(1, 1, dtype=torch.long))},
-        total_steps=200, every=50, warmup=10, dense=20, dense_every=dense_every)
+        total_steps=200, every=50, warmup=10, dense=20, dense_every=dense_every,
+        dense_at=dense_at)
     seen = []
     for step in range(200):
-        if ev.losses(step, 10.0 if step == 120 else 1.0):
+        if ev.losses(step, 10.0 if step == jump_at else 1.0):
             seen.append(step)
     return seen
 
@@ -43,3 +44,11 @@ def _evaluated_steps(dense_every: int) -> list[int]:
 def test_dense_window_follows_a_norm_jump_at_its_stride():
     assert _evaluated_steps(1) == [0, 50, 100, *range(120, 141), 150, 199]
     assert _evaluated_steps(5) == [0, 50, 100, 120, 125, 130, 135, 140, 150, 199]
+
+
+def test_an_arrival_opens_the_dense_window_spike_or_not():
+    """Arms compared at an arrival are evaluated on the same steps there, whether or not
+    their norm jumps; with a jump at the arrival nothing changes."""
+    assert _evaluated_steps(1, jump_at=None, dense_at=120) == _evaluated_steps(1)
+    assert _evaluated_steps(1, dense_at=120) == _evaluated_steps(1)
+    assert _evaluated_steps(1, jump_at=None) == [0, 50, 100, 150, 199]

@@ -47,16 +47,18 @@ def mean_loss(model, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
 class WholeSetLoss:
     """The whole-set losses (train_loss, val_loss) of a step, when it is due: every `every`
     steps, at the last step, and for `dense` steps after the pre-clip norm jumps past `jump` x
-    its recent median at each step divisible by `dense_every` (1: all of them), so the
-    whole-set curve around a spike is complete."""
+    its recent median (or from `dense_at`, the arrival of an arrival sampler, so that runs with
+    and without a spike there are measured on the same steps) at each step divisible by
+    `dense_every` (1: all of them), so the whole-set curve around a spike is complete."""
 
     def __init__(self, model, sets, total_steps, every, warmup, jump=3.0, dense=100, window=50,
-                 dense_every=1):
+                 dense_every=1, dense_at=None):
         self.model = model
         # {"train_loss": chunks, "val_loss": chunks}, cut once: the sets never change
         self.sets = {field: length_chunks(b.x, b.y) for field, b in sets.items()}
         self.total, self.every, self.jump, self.dense = total_steps, every, jump, dense
         self.dense_every = dense_every
+        self.dense_at = dense_at  # a step the dense window opens at whatever the norm does
         self.warmup = warmup  # norms move fast while lr ramps up: no jump is judged there
         self.norms: deque[float] = deque(maxlen=window)
         self.dense_until = -1
@@ -72,7 +74,8 @@ class WholeSetLoss:
         """{"train_loss": ..., "val_loss": ...} when step is due, else {}; `grad_norm` is the
         step's pre-clip norm, which opens the dense window."""
         judged = step >= self.warmup and len(self.norms) >= 10
-        if judged and grad_norm > self.jump * statistics.median(self.norms):
+        if (judged and grad_norm > self.jump * statistics.median(self.norms)) or \
+                step == self.dense_at:
             self.dense_until = step + self.dense
         self.norms.append(grad_norm)
         dense = step <= self.dense_until and step % self.dense_every == 0

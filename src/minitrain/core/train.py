@@ -78,8 +78,10 @@ def setup(cfg: Config, out: str | Path, replace: bool, resume: bool) -> Setup:
     }
     sets = {"train_loss": ds.full.to(dev), "val_loss": ds.full_val.to(dev)}
     t, o = cfg.train, cfg.optimizer
+    arrival = cfg.data.arrive_step if cfg.data.sampler.startswith("arrival") else None
     evaluator = WholeSetLoss(forward, sets, t.steps, t.eval_every, o.warmup_steps,
-                             dense=100 if t.eval_dense else 0, dense_every=t.dense_every)
+                             dense=100 if t.eval_dense else 0, dense_every=t.dense_every,
+                             dense_at=arrival)
     parts = {"model": model, "optimizer": opt, "sampler": sampler, "evaluator": evaluator}
     scaler = LossScaler() if t.dtype == "float16" else NoScaler()  # fp16's narrow range
     if t.dtype == "float16":
