@@ -37,6 +37,17 @@ def global_factor(threshold: float, g_norm: float) -> float:
 
 
 @torch.no_grad()
+def scaled(out: Flat, grads: list[torch.Tensor], clip_factor: float, g_norm: float,
+           tensor_norms: torch.Tensor) -> ClipResult:
+    """The global clip into `out` (the moments' copy): out = grads x clip_factor."""
+    out.fill(grads)
+    if clip_factor == 1.0:
+        return ClipResult(out.views, g_norm, g_norm, tensor_norms)
+    out.data.mul_(clip_factor)
+    return ClipResult(out.views, g_norm, g_norm * clip_factor, tensor_norms, clip_factor)
+
+
+@torch.no_grad()
 def clip_grads(grads: list[torch.Tensor], threshold: float | None, mode: str = "global",
                tensor_norms: torch.Tensor | None = None, g_norm: float | None = None,
                out: Flat | None = None) -> ClipResult:
@@ -51,21 +62,18 @@ def clip_grads(grads: list[torch.Tensor], threshold: float | None, mode: str = "
         tensor_norms = torch.stack(torch._foreach_norm(grads))
     if g_norm is None:
         g_norm = float(torch.linalg.vector_norm(tensor_norms))  # sqrt(sum_i ||g_i||^2)
+    threshold = clip_threshold(threshold)
+    if threshold is None or mode == "global":
+        clip_factor = 1.0 if threshold is None else global_factor(threshold, g_norm)
+        if out is not None:
+            return scaled(out, grads, clip_factor, g_norm, tensor_norms)
+        if clip_factor == 1.0:
+            return ClipResult(grads, g_norm, g_norm, tensor_norms)
+        grads = torch._foreach_mul(grads, clip_factor)
+        return ClipResult(grads, g_norm, g_norm * clip_factor, tensor_norms, clip_factor)
     if out is not None:
         out.fill(grads)
         grads = out.views
-    threshold = clip_threshold(threshold)
-    if threshold is None:
-        return ClipResult(grads, g_norm, g_norm, tensor_norms)
-    if mode == "global":
-        clip_factor = global_factor(threshold, g_norm)
-        if clip_factor == 1.0:
-            return ClipResult(grads, g_norm, g_norm, tensor_norms)
-        if out is not None:
-            out.data.mul_(clip_factor)
-        else:
-            grads = torch._foreach_mul(grads, clip_factor)
-        return ClipResult(grads, g_norm, g_norm * clip_factor, tensor_norms, clip_factor)
     if mode == "per-tensor":
         factors = (threshold / (tensor_norms + 1e-12)).clamp(max=1.0)
         if out is not None:

@@ -25,6 +25,7 @@ from minitrain.core.guards import (
     clip_grads,
     guard_for,
     plan,
+    scaled,
 )
 
 
@@ -101,12 +102,7 @@ class Optimizer:
     @torch.no_grad()
     def scale(self, norms: GradNorms, clip_factor: float) -> ClipResult:
         """The global clip: the moments' copy of the gradient is the raw one x clip_factor."""
-        self.grads.fill(norms.grads)
-        if clip_factor == 1.0:
-            return ClipResult(self.grads.views, norms.total, norms.total, norms.per_tensor)
-        self.grads.data.mul_(clip_factor)
-        return ClipResult(self.grads.views, norms.total, norms.total * clip_factor,
-                          norms.per_tensor, clip_factor)
+        return scaled(self.grads, norms.grads, clip_factor, norms.total, norms.per_tensor)
 
     @torch.no_grad()
     def clip(self, norms: GradNorms, p: Plan) -> ClipResult:
