@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
                    "moment-decay -->' block: m and v decay after the largest spike")
     d.add_argument("--label", help="what the moments block calls the run (default: its "
                    "folder's name)")
+    b = sub.add_parser("dashboard", help="one self-contained HTML page of one or more runs")
+    b.add_argument("runs", nargs="+", metavar="RUN", help="run directories, side by side")
+    b.add_argument("--out", metavar="FILE", help="the HTML file (default: in the last RUN, "
+                   "dashboard.html; for several runs dashboard-A-vs-B.html)")
+    b.add_argument("--blind", action="store_true", help="leave out every config and summary "
+                   "value (a blind round: diagnose from what the runs measured)")
     w = sub.add_parser("sweep", help="run a grid of seeds x settings; table and picture")
     w.add_argument("spec", help="sweep file (YAML: base, seeds, set, cells, jobs)")
     w.add_argument("--jobs", type=int, help="processes in parallel (default: the spec's)")
@@ -135,6 +141,13 @@ def main(argv: list[str] | None = None) -> int:
                 print(to_json(result))
             else:
                 print_report(result)
+            return 0
+        if args.command == "dashboard":
+            from minitrain.reports import dashboard
+
+            path = dashboard.write([Path(r) for r in args.runs],
+                                   Path(args.out) if args.out else None, blind=args.blind)
+            print(f"dashboard: {path} ({path.stat().st_size / 1e6:.1f} MB)")
             return 0
         if args.command == "sweep":
             from minitrain.tools import sweep
