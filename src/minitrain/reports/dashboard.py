@@ -104,8 +104,6 @@ def _fig(title: str, log: bool = False, ytitle: str = "") -> go.Figure:
     fig = go.Figure(layout=LAYOUT)
     fig.update_layout(title=dict(text=title, font=dict(size=14)))
     fig.update_yaxes(title=ytitle, type="log" if log else "linear")
-    if log:
-        fig.update_yaxes(dtick="D2")  # labels at 1, 2 and 5 of each decade, not every digit
     return fig
 
 
