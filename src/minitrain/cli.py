@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
                    "dashboard.html; for several runs dashboard-A-vs-B.html)")
     b.add_argument("--blind", action="store_true", help="leave out every config and summary "
                    "value (a blind round: diagnose from what the runs measured)")
+    x = sub.add_parser("export", help="write a run's logs for another viewer")
+    x.add_argument("run")
+    x.add_argument("--tensorboard", metavar="DIR", required=True,
+                   help="write TensorBoard event files into DIR: scalars and the per-token loss "
+                   "histogram per step (pip install -e '.[tensorboard]')")
     w = sub.add_parser("sweep", help="run a grid of seeds x settings; table and picture")
     w.add_argument("spec", help="sweep file (YAML: base, seeds, set, cells, jobs)")
     w.add_argument("--jobs", type=int, help="processes in parallel (default: the spec's)")
@@ -148,6 +153,14 @@ def main(argv: list[str] | None = None) -> int:
             path = dashboard.write([Path(r) for r in args.runs],
                                    Path(args.out) if args.out else None, blind=args.blind)
             print(f"dashboard: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+            return 0
+        if args.command == "export":
+            from minitrain.reports.export import tensorboard
+
+            done = tensorboard(args.run, args.tensorboard)
+            print(f"tensorboard: {done['dir']} ({done['scalars']} scalar series, "
+                  f"{done['histograms']} histogram steps); view: tensorboard --logdir "
+                  f"{done['dir']}")
             return 0
         if args.command == "sweep":
             from minitrain.tools import sweep
