@@ -26,11 +26,12 @@ phase-19-guard:
     {{python}} -m minitrain train experiments/19-clip-at-arrival/config.yaml --force \
       --set seed={{seed}}
 
-# compare two run directories: terminal summary and a PNG of panels
+# compare two runs: terminal summary, a PNG of panels and the pair's HTML dashboard (its path)
 phase-19-compare a="experiments/19-control" b="experiments/19-break-no-clip":
     {{python}} -m minitrain compare {{a}} {{b}}
+    {{python}} -m minitrain dashboard {{a}} {{b}}
 
-# the whole exercise: control, break, the break with the clip from the arrival; compare
+# the whole exercise: control, break, the break with the clip from the arrival; compare, dashboards
 phase-19:
     seed={{seed}} grad_clip=1.0 {{just_executable()}} phase-19-train
     seed={{seed}} grad_clip=inf {{just_executable()}} phase-19-train
@@ -42,11 +43,13 @@ phase-19:
 test *args:
     {{python}} -m pytest {{args}}
 
+# ruff over src and tests
 lint:
     {{python}} -m ruff check src tests
 
 # the ablations that show the cause ("written" seen from the start; the rare sentences spread
 # out), the handout's original random-batch pair, and the clip-0.5 fix
+[doc("the ablations that show the cause, the handout's random-batch pair, and the clip-0.5 fix")]
 phase-19-ablations:
     #!/usr/bin/env bash
     set -euo pipefail
@@ -74,6 +77,7 @@ phase-19-report: phase-19 phase-19-ablations
 
 # Run B over 20 seeds and the fixes (experiments/19-sweep/sweep.yaml); resumable; fills the
 # sweep block of the exercise page
+[doc("Run B over 20 seeds and the fixes (experiments/19-sweep); resumable; fills the page's block")]
 phase-19-sweep *args:
     {{python}} -m minitrain sweep experiments/19-sweep/sweep.yaml \
       --page experiments/19-break-no-clip/README.md \
@@ -81,6 +85,7 @@ phase-19-sweep *args:
 
 # Run B and the clip switched on at the arrival (1.0, 3.0) over 20 seeds
 # (experiments/19-sweep-guard/sweep.yaml); resumable; fills the sweep-guard block of the page
+[doc("Run B and the clip switched on at the arrival (1.0, 3.0) over 20 seeds; resumable")]
 phase-19-sweep-guard *args:
     {{python}} -m minitrain sweep experiments/19-sweep-guard/sweep.yaml \
       --page experiments/19-break-no-clip/README.md {{args}}
@@ -113,6 +118,7 @@ lab-tabular:
 
 # lab 4: a deep MLP at depths 4, 16, 64, init gains 0.5, 1, 2, plain and residual + LayerNorm,
 # without and with the clip; per-layer gradient picture and page
+[doc("lab 4: a deep MLP over depth, init gain and residual + LayerNorm, clip off and on; page")]
 lab-depth:
     rm -rf experiments/depth-explosion/runs
     {{python}} -m minitrain sweep experiments/depth-explosion/sweep.yaml
@@ -139,6 +145,7 @@ lab-numerics:
 
 # lab: a mixture of three sources whose weights shift every 7-42 steps (seeded and Exp3 bandit),
 # without and with the clip; the boundaries picture and experiments/source-shifts/README.md
+[doc("lab: loss and norm bumps at data-source shifts (seeded, Exp3 bandit), clip off and on; page")]
 lab-source-shifts:
     {{python}} -m minitrain sweep experiments/source-shifts/sweep.yaml --force
     {{python}} -m minitrain report source-shifts experiments/source-shifts/runs \
@@ -146,6 +153,7 @@ lab-source-shifts:
 
 # lab: the same shifts at three model sizes, without and with the clip, two seeds; damage
 # against parameter count in experiments/capacity/README.md
+[doc("lab: the same source shifts at three model sizes, clip off and on, two seeds; page")]
 lab-capacity:
     {{python}} -m minitrain sweep experiments/capacity/sweep.yaml --force
     {{python}} -m minitrain report capacity experiments/capacity/runs \
