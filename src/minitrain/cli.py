@@ -13,6 +13,7 @@ from minitrain.core.checkpoint import CheckpointError
 from minitrain.core.config import ConfigError
 from minitrain.core.corpus import CorpusError
 from minitrain.core.rundir import RunDirError
+from minitrain.reports.pages import fmt
 
 USER_ERRORS = (ConfigError, CorpusError, RunDirError, CheckpointError)
 
@@ -33,8 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("run_b")
     c.add_argument("--out", help="folder for the PNG (default: RUN_B)")
     c.add_argument("--page", help="Markdown page whose '<!-- measured:A-vs-B -->' block to fill")
-    r = sub.add_parser("report", help="draw a lab's pictures and fill its page from its runs")
-    r.add_argument("lab", help="the lab's name (a key of minitrain.labs.LABS)")
+    from minitrain.labs import LABS
+
+    r = sub.add_parser("report", help="draw a lab's pictures and fill its page from its runs",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       epilog="labs:\n" + _choices(LABS))
+    r.add_argument("lab", help="the lab's name (a key of minitrain.labs.LABS, below)")
     r.add_argument("runs", help="the folder holding the lab's run directories")
     r.add_argument("--page", help="Markdown page whose measured blocks to fill")
     d = sub.add_parser("diagnose", help="find a run's spikes and what carried them")
@@ -99,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                             resume=bool(args.resume))
             if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
                 print(f"{out}: {summary['status']} after {summary['steps_completed']} steps, "
-                      f"whole-set loss {summary['final_train_loss']}, {summary['wall_s']} s")
+                      f"whole-set loss {fmt(summary['final_train_loss'], '.3g', 'not evaluated')}, "
+                      f"{summary['wall_s']:.1f} s")
             # a diverged run is a result of the experiment, not a failure of the command
             code = 130 if summary["status"] == "interrupted" else 0
             if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -192,6 +198,18 @@ def main(argv: list[str] | None = None) -> int:
               "model's size (model.n_embd, model.n_layer)", file=sys.stderr)
         return 2
     return 2
+
+
+def _choices(registry: dict) -> str:
+    """A registry's members for --help, one each: its name and its docstring's first sentence."""
+    import textwrap
+
+    lines = []
+    for name, member in registry.items():
+        first = " ".join((member.__doc__ or "").split()).split(". ")[0].rstrip(".")
+        lines += textwrap.wrap(first, 100, initial_indent=f"  {name:<20} ",
+                               subsequent_indent=" " * 23)
+    return "\n".join(lines)
 
 
 def _out_of_memory(e: BaseException) -> bool:

@@ -6,6 +6,7 @@ on each observer.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from itertools import chain
 from pathlib import Path
@@ -200,12 +201,18 @@ class Progress(Observer):
         from rich.progress import Progress as RichProgress
 
         self.console = Console(stderr=True)
+        self.t0, self.tokens = time.perf_counter(), 0
+        self.title, self.total = title, total_steps
+        # piped or redirected, a bar would be redrawn into the file cut to 80 columns: write a
+        # plain line every tenth of the run instead
+        self.every = None if self.console.is_terminal else max(1, total_steps // 10)
+        if self.every:
+            return
         self.bar = RichProgress(TextColumn(f"[bold]{title}"), BarColumn(), MofNCompleteColumn(),
                                 TextColumn("{task.fields[line]}"), console=self.console,
                                 transient=False, refresh_per_second=8)
         self.task = self.bar.add_task("train", total=total_steps, completed=start, line="")
         self.bar.start()
-        self.t0, self.tokens = time.perf_counter(), 0
 
     def on_step(self, r):
         self.tokens += r.n_tokens
@@ -213,10 +220,15 @@ class Progress(Observer):
         s = r.stats
         line = (f"loss {r.loss:7.4f} | norm {s.grad_norm_pre_clip:9.3f} | "
                 f"clip {s.clip_factor:5.3f} | lr {r.lr:.2e} | {tok_s:8.0f} tok/s")
-        self.bar.update(self.task, completed=r.step + 1, line=line)
+        if self.every is None:
+            self.bar.update(self.task, completed=r.step + 1, line=line)
+        elif (r.step + 1) % self.every == 0 or r.step + 1 == self.total:
+            print(f"{self.title} step {r.step + 1}/{self.total} | {line}", file=sys.stderr,
+                  flush=True)
 
     def close(self):
-        self.bar.stop()
+        if self.every is None:
+            self.bar.stop()
 
 
 def build(cfg: Config, out: Path, ds, model, opt: Optimizer, names: list[str], sampler,

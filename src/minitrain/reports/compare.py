@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from minitrain.core.rundir import Run, load_run
+from minitrain.core.rundir import Run, RunDirError, load_run
 from minitrain.reports.measure import WINDOW, sentence_texts, spike_step, summarise, top_tokens
 from minitrain.reports.pages import fmt, update_page
 
@@ -20,8 +20,19 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
+def kind(run: Run) -> str:
+    """What a run is, as far as comparing goes: its model and the kind of its data (a corpus
+    and a mixture are both text)."""
+    data = run.config.get("data", {}).get("kind", "corpus")
+    data = "text" if data in ("corpus", "mixture") else data
+    return f"model {run.config.get('model', {}).get('kind', 'gpt')}, data {data}"
+
+
 def report(a_path, b_path, out: str | Path | None = None, page: str | Path | None = None) -> dict:
     a, b = load_run(a_path), load_run(b_path)
+    if kind(a) != kind(b):  # their steps, batches and norms measure different things
+        raise RunDirError(f"compare: {a.path} ({kind(a)}) and {b.path} ({kind(b)}) are runs of "
+                          "different kinds; compare reads two runs of one kind")
     step = spike_step(a, b)
     result = {"spike_step": step, "a": a.name, "b": b.name}
     if step is None:

@@ -149,6 +149,7 @@ def print_report(result: dict) -> None:
     from rich.console import Console
 
     con, th = Console(), result["thresholds"]
+    con.soft_wrap = not con.is_terminal  # piped or redirected: whole lines, not cut at 80
     con.print(f"[bold]{result['run']}[/]: {result['status']}, {result['steps']} steps; spike = "
               f">= {th['min_ratio']}x and >= {th['z']} robust sd above the median of the "
               f"{th['window']} steps before")
@@ -160,7 +161,7 @@ def print_report(result: dict) -> None:
     for s in result["spikes"]:
         clip = "off" if s["clip"] is None else s["clip"]
         con.print(f"\n[bold]step {s['step']}[/] ({s['kind']}): x{s['ratio']:.1f} the median, "
-                  f"loss {s['loss']}, norm {s['grad_norm_pre_clip']:.4g} -> "
+                  f"loss {fmt(s['loss'], '.4g')}, norm {s['grad_norm_pre_clip']:.4g} -> "
                   f"{s['grad_norm_post_clip']:.4g} after clip ({clip})")
         if s["suggested_clip"] is not None:
             con.print(f"  a clip at {s['suggested_clip']:.3g} (p90 of the 100 norms before) "
@@ -188,8 +189,11 @@ def print_report(result: dict) -> None:
             con.print(f"  v[{m['piece']} {m['table']}] jumped {jump}; back within 2x: "
                       f"{'not within the run' if back is None else f'{back} steps'}")
         w = s["whole_loss"]
-        con.print(f"  whole-set loss {w['before']:.4g} -> worst {w['worst_after']:.4g}; back: "
-                  f"{w['back_within_10pct_steps']}")
+        back = w["back_within_10pct_steps"]
+        back = "not within the run" if back is None else \
+            f"after {back} steps" if isinstance(back, int) else back
+        con.print(f"  whole-set loss {fmt(w['before'], '.4g')} -> worst "
+                  f"{fmt(w['worst_after'], '.4g')}; back within 10% of the rise: {back}")
 
 
 def moment_decay(run: Run, step: int, k: int = 10) -> dict:
