@@ -324,14 +324,23 @@ def test_bf16_autocast_on_cpu_trains_with_fp32_state(pair, tmp_path):
 def test_resume_may_move_device_only(pair, tmp_path):
     """`--resume RUN --set train.device=...` (a CUDA run going on on a CPU): the checkpoint
     loads onto the CPU whatever wrote it; nothing else may change on resume."""
+    import signal
+
     (_, a), _ = pair
     run = tmp_path / "moved"
-    _run(tmp_path, "moved", ["train.checkpoint_every=20"])
+    proc = _start(run, ["train.checkpoint_every=8"])  # the last at step 40, the last step
+    _wait_for_steps(run, 16)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
     r = _cli("train", "--resume", str(run), "--set", "optimizer.lr=1", "--quiet")
     assert r.returncode == 2 and "other than train.device" in r.stderr
     r = _cli("train", "--resume", str(run), "--set", "train.device=cpu", "--quiet")
     assert r.returncode == 0, r.stderr
     assert (run / "metrics.jsonl").read_bytes() == (a.path / "metrics.jsonl").read_bytes()
+    done = (run / "summary.json").read_bytes()
+    r = _cli("train", "--resume", str(run), "--quiet")
+    assert r.returncode == 2 and "already trained all 40 steps" in r.stderr
+    assert (run / "summary.json").read_bytes() == done
 
 
 def test_compiled_model_matches_eager(tmp_path):

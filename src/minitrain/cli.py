@@ -58,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
                    "moment-decay -->' block: m and v decay after the largest spike")
     d.add_argument("--label", help="what the moments block calls the run (default: its "
                    "folder's name)")
+    s = sub.add_parser("sample", help="text from a run's checkpoint")
+    s.add_argument("run")
+    s.add_argument("--prompt", default="", help="text after BOS to go on from (default: none)")
+    s.add_argument("--tokens", type=int, default=40, help="most pieces per sample (default 40)")
+    s.add_argument("--temperature", type=float, default=0.8,
+                   help="0: greedy; above 0: drawn from the softmax at T (default 0.8)")
+    s.add_argument("--seed", type=int, default=0, help="seeds the draws (default 0)")
+    s.add_argument("--n", type=int, default=5, help="how many samples (default 5)")
+    s.add_argument("--json", action="store_true", help="print JSON instead of lines")
     b = sub.add_parser("dashboard", help="one self-contained HTML page of one or more runs")
     b.add_argument("runs", nargs="+", metavar="RUN", help="run directories, side by side")
     b.add_argument("--out", metavar="FILE", help="the HTML file (default: in the last RUN, "
@@ -69,6 +78,32 @@ def _parser() -> argparse.ArgumentParser:
     x.add_argument("--tensorboard", metavar="DIR", required=True,
                    help="write TensorBoard event files into DIR: scalars and the per-token loss "
                    "histogram per step (pip install -e '.[tensorboard]')")
+    e = sub.add_parser("exercise", help="the break/fix catalogue and its blind round")
+    esub = e.add_subparsers(dest="action", required=True)
+    esub.add_parser("list", help="one line per exercise: what it breaks, minutes it took")
+    er = esub.add_parser("run", help="train an exercise's control, break and fix; fill its page")
+    er.add_argument("name")
+    er.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a value in every run, e.g. --set seed=1")
+    er.add_argument("--no-page", action="store_true", help="train only; leave the page as it is")
+    er.add_argument("--force", action="store_true",
+                    help="train again runs already there with the same config")
+    eq = esub.add_parser("quiz", help="the exercise's check-yourself questions, in the terminal")
+    eq.add_argument("name")
+    eb = esub.add_parser("blind", help="train breaks into shuffled numbered folders")
+    eb.add_argument("--out", required=True, help="a new folder for the round")
+    eb.add_argument("--seed", type=int, default=0, help="shuffles the order and seeds the runs")
+    eb.add_argument("--breaks", help="comma-separated names, or all (default: the course's "
+                    "three)")
+    eb.add_argument("--steps", type=int, help="train.steps of every run (default: the "
+                    "exercises'; fewer for a quick round)")
+    es = esub.add_parser("score", help="score DIR/diagnoses.yaml against the sealed answers")
+    es.add_argument("dir")
+    es.add_argument("--self", dest="self_answer", action="store_true",
+                    help="first write diagnose's own causes as the answers")
+    ev = esub.add_parser("reveal", help="print which break each folder holds")
+    ev.add_argument("dir")
+    ev.add_argument("--json", action="store_true", help="print JSON")
     w = sub.add_parser("sweep", help="run a grid of seeds x settings; table and picture")
     w.add_argument("spec", help="sweep file (YAML: base, seeds, set, cells, jobs)")
     w.add_argument("--jobs", type=int, help="processes in parallel (default: the spec's)")
@@ -130,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             LABS[args.lab].report(args.runs, args.page)
             return 0
         if args.command == "diagnose":
-            from minitrain.reports.diagnose import diagnose, print_report, to_json
+            from minitrain.exercises.causes import diagnose
+            from minitrain.reports.diagnose import print_report, to_json
 
             result = diagnose(args.run, window=args.window, z=args.z, min_ratio=args.min_ratio)
             if args.out:
@@ -153,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print_report(result)
             return 0
+        if args.command == "sample":
+            from minitrain.reports.text import print_samples, sample
+
+            print_samples(sample(args.run, args.prompt, args.tokens, args.temperature, args.n,
+                                 args.seed), as_json=args.json)
+            return 0
         if args.command == "dashboard":
             from minitrain.reports import dashboard
 
@@ -168,6 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{done['histograms']} histogram steps); view: tensorboard --logdir "
                   f"{done['dir']}")
             return 0
+        if args.command == "exercise":
+            return _exercise(args)
         if args.command == "sweep":
             from minitrain.tools import sweep
 
@@ -210,6 +254,49 @@ def _choices(registry: dict) -> str:
         lines += textwrap.wrap(first, 100, initial_indent=f"  {name:<20} ",
                                subsequent_indent=" " * 23)
     return "\n".join(lines)
+
+
+def _exercise(args) -> int:
+    from minitrain.tools import exercise
+
+    root = Path.cwd()
+    if args.action == "list":
+        print("\n".join(exercise.listing(root)))
+    elif args.action == "run":
+        exercise.run(root, args.name, args.overrides, force=args.force)
+        if not args.no_page:
+            from minitrain.exercises import sheet
+
+            print(sheet.report(root, args.name)["page"])
+    elif args.action == "quiz":
+        from minitrain.exercises import quiz
+
+        if args.name not in quiz.QUIZZES:
+            raise ConfigError(f"quiz: unknown exercise {args.name!r} (expected one of: "
+                              f"{', '.join(quiz.QUIZZES)})")
+        try:
+            quiz.ask(args.name)
+        except EOFError:  # input ran out: the questions not answered are not scored
+            print()
+    elif args.action == "blind":
+        done = exercise.blind(root, Path(args.out), args.seed, args.breaks, args.steps,
+                              progress=True)
+        print(f"{args.out}: {len(done['mapping'])} folders and reference/; write your "
+              f"diagnoses in {Path(args.out) / exercise.ANSWERS}, then: minitrain exercise "
+              f"score {args.out} (do not open {exercise.SEALED})")
+    elif args.action == "score":
+        if args.self_answer:
+            exercise.self_answer(Path(args.dir))
+        exercise.print_score(exercise.score(Path(args.dir)))
+    elif args.action == "reveal":
+        mapping = exercise.reveal(Path(args.dir))
+        if args.json:
+            import json
+
+            print(json.dumps(mapping))
+        else:
+            print("\n".join(f"{k}: {v}" for k, v in mapping.items()))
+    return 0
 
 
 def _out_of_memory(e: BaseException) -> bool:

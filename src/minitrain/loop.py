@@ -90,7 +90,8 @@ class Loop:
         o, dist, opt, dev = self.cfg.optimizer, self.dist, self.opt, self.dist.device
         t0 = time.perf_counter()
         # ---- TRAINING STEP BEGIN ----
-        opt.lr = lr_at(step, o.lr, o.warmup_steps, self.cfg.train.steps, o.min_lr_ratio)
+        opt.lr = lr_at(step, o.lr, o.warmup_steps, o.decay_steps or self.cfg.train.steps,
+                       o.min_lr_ratio)
         ids = self.sampler.next_ids()  # the global batch; this process trains on its share
         batch = self.ds.batch(dist.shard(ids))  # on the CPU
         x, y = batch.x.to(dev, non_blocking=True), batch.y.to(dev, non_blocking=True)

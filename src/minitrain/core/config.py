@@ -129,6 +129,8 @@ class ModelConfig(Section):
     residual: bool = False  # mlp: x + f(x) around each hidden layer
     layer_norm: bool = False  # mlp: LayerNorm before each hidden layer
     init_gain: float = 1.0  # mlp: weights ~ N(0, gain^2 * 2 / fan_in); 1 = He init
+    init_std: float = 0.02  # gpt: weights ~ N(0, init_std^2) (GPT-2's 0.02; bad-init: 2.0)
+    causal: bool = True  # gpt: false lets attention see later tokens (the causal-leak break)
 
     def check(self, where):
         if self.kind not in MODEL_KINDS:
@@ -136,8 +138,9 @@ class ModelConfig(Section):
         for key in ("n_layer", "n_head", "n_embd", "block_size"):
             if getattr(self, key) < 1:
                 raise where(f"model.{key}", "must be at least 1")
-        if not (self.init_gain > 0 and math.isfinite(self.init_gain)):
-            raise where("model.init_gain", "must be a positive number")
+        for key in ("init_gain", "init_std"):
+            if not getattr(self, key) > 0:
+                raise where(f"model.{key}", "must be a positive number")
         if self.kind == "gpt" and self.n_embd % self.n_head:
             raise where("model.n_embd", f"must be divisible by model.n_head ({self.n_head})")
 
@@ -159,6 +162,7 @@ class OptimizerConfig(Section):
     norm_ema: float = 0.97  # EMA factor of the norm statistics behind clip_z and skip_z
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1  # cosine floor as a fraction of lr
+    decay_steps: int = 0  # the step where the cosine reaches its floor; 0 = train.steps
 
     def check(self, where):
         if self.name not in OPTIMIZERS:
@@ -192,6 +196,8 @@ class OptimizerConfig(Section):
             raise where("optimizer.clip_from_step", "must be >= 0")
         if self.warmup_steps < 0:
             raise where("optimizer.warmup_steps", "must be >= 0")
+        if self.decay_steps < 0:
+            raise where("optimizer.decay_steps", "must be >= 0 (0: the run's train.steps)")
         if not 0 <= self.min_lr_ratio <= 1:
             raise where("optimizer.min_lr_ratio", "must be in [0, 1]")
 
@@ -288,6 +294,14 @@ class Config:
 def load(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read a YAML config, apply `key=value` overrides, validate. Raises ConfigError."""
     path = Path(path)
+    raw = _read(path)
+    for item in overrides:
+        _apply_override(raw, item, path)
+    return from_dict(raw, source=str(path))
+
+
+def _read(path: Path, depth: int = 0) -> dict:
+    """A config file's mapping; `base: FILE` (relative to it) supplies every key it leaves out."""
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -300,9 +314,18 @@ def load(path: str | Path, overrides: list[str] = ()) -> Config:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    for item in overrides:
-        _apply_override(raw, item, path)
-    return from_dict(raw, source=str(path))
+    if "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str) or depth > 4:
+        raise ConfigError(f"{path}: base: expected one config file's path (at most 5 deep)")
+    merged = _read(path.parent / base, depth + 1)
+    for key, value in raw.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key].update(value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def from_dict(raw: dict, source: str = "<config>") -> Config:

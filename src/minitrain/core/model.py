@@ -15,6 +15,7 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.n_head = cfg.n_head
+        self.causal = cfg.causal
         self.qkv = nn.Linear(cfg.n_embd, 3 * cfg.n_embd)
         self.proj = nn.Linear(cfg.n_embd, cfg.n_embd)
 
@@ -23,7 +24,7 @@ class CausalSelfAttention(nn.Module):
         q, k, v = self.qkv(x).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
         # causal; padding only ever follows real tokens, so causal masking already hides it
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=self.causal)  # (B, nh, T, hs)
         return self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
 
 
@@ -64,12 +65,11 @@ class GPT(nn.Module):
         self.apply(self._init)
         for name, p in self.named_parameters():
             if name.endswith("proj.weight"):  # GPT-2: scale residual writes by depth
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+                nn.init.normal_(p, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layer))
 
-    @staticmethod
-    def _init(m):
+    def _init(self, m):
         if isinstance(m, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            nn.init.normal_(m.weight, mean=0.0, std=self.cfg.init_std)
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
@@ -81,6 +81,25 @@ class GPT(nn.Module):
         for block in self.blocks:
             x = block(x)
         return self.head(self.ln_f(x))
+
+    @torch.no_grad()
+    def generate(self, ids: list[int], n: int, temperature: float, stop: int,
+                 generator: torch.Generator | None = None) -> list[int]:
+        """Up to `n` more pieces after `ids`, greedy at temperature 0, else drawn from the
+        softmax at `temperature` with `generator`; stops after the piece `stop` (EOS)."""
+        out = list(ids)
+        for _ in range(n):
+            idx = torch.tensor([out[-self.cfg.block_size:]])  # the last block_size pieces
+            logits = self(idx)[0, -1].float()
+            if temperature == 0:
+                nxt = int(logits.argmax())
+            else:
+                probs = torch.softmax(logits / temperature, dim=-1)
+                nxt = int(torch.multinomial(probs, 1, generator=generator))
+            out.append(nxt)
+            if nxt == stop:
+                break
+        return out[len(ids):]
 
 
 def token_losses(logits: torch.Tensor, y: torch.Tensor, ignore: int) -> torch.Tensor:

@@ -54,3 +54,22 @@ class Restored:
 
 def restore(path: str | Path) -> Restored:
     return Restored(Path(path))
+
+
+def final_model(path: str | Path) -> tuple[torch.nn.Module, int]:
+    """A corpus run's GPT with the weights of its checkpoint, and the checkpoint's step; only
+    the model is built (no data, no optimizer), in eval mode."""
+    path = Path(path)
+    run = rundir.load_run(path)
+    cfg = from_dict(run.config, str(path / rundir.CONFIG))
+    if cfg.model.kind != "gpt":
+        raise rundir.RunDirError(f"{path}: a {cfg.model.kind} run; only a GPT writes text")
+    vocab = run.summary.get("vocab_size") or run.tokenizer().vocab_size
+    model = zoo.build(cfg.model, vocab, vocab)
+    state = checkpoint.read(path)
+    try:
+        model.load_state_dict(state["model"])
+    except (KeyError, RuntimeError) as e:
+        raise checkpoint.CheckpointError(f"{path / checkpoint.FILE}: does not fit this run's "
+                                         f"model ({str(e)[:120]})") from None
+    return model.eval(), int(state["step"])

@@ -89,6 +89,9 @@ def setup(cfg: Config, out: str | Path, replace: bool, resume: bool) -> Setup:
     start = 0
     if resume:
         start = summary["resumed_at_step"] = checkpoint.load(out, parts)
+        if start >= cfg.train.steps:
+            raise checkpoint.CheckpointError(f"{out}: already trained all {start} steps; "
+                                             "nothing to resume")
         if writer:
             checkpoint.trim_logs(out, start)
             summary.update(branch_history(out))

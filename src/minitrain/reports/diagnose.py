@@ -156,6 +156,10 @@ def print_report(result: dict) -> None:
     if result.get("suggested_clip") is not None:
         con.print(f"suggested clip: {result['suggested_clip']:.3g} (the 90th percentile of the "
                   "pre-clip norm over the last 100 steps)")
+    if result.get("cause"):
+        con.print(f"cause: [bold]{result['cause']['name']}[/]")
+        for line in result["cause"]["evidence"]:
+            con.print(f"  - {line}")
     if not result["spikes"]:
         con.print("no spike found")
     for s in result["spikes"]:

@@ -1,0 +1,132 @@
+"""The break/fix catalogue on short runs (300 steps of the exercises' own model and corpus):
+three blind rounds of every break (seeds 0, 1, 2), trained two at a time. diagnose names each
+folder's break and each reference as healthy from the logs alone (the folders carry the
+reference's config; given back their own, the verdict is the same); a round scored with
+diagnose's own answers is n/n; `sample` draws what the checkpoint says."""
+
+import base64
+import json
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+import yaml
+
+from conftest import ROOT
+from minitrain.core import rundir
+from minitrain.exercises import catalogue
+from minitrain.exercises.causes import CAUSES, diagnose
+from minitrain.reports import text
+from minitrain.tools import exercise
+
+SEEDS = (0, 1, 2)
+STEPS = 300
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "minitrain", *args], cwd=ROOT,
+                          capture_output=True, text=True)
+
+
+def _blind(args):
+    out, seed = args
+    r = _cli("exercise", "blind", "--out", str(out), "--seed", str(seed), "--breaks", "all",
+             "--steps", str(STEPS))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+@pytest.fixture(scope="module")
+def rounds(tmp_path_factory):
+    root = tmp_path_factory.mktemp("blind")
+    with ProcessPoolExecutor(2) as pool:
+        return dict(zip(SEEDS, pool.map(_blind, [(root / f"seed-{s}", s) for s in SEEDS])))
+
+
+def test_every_break_is_in_the_registry_with_its_configs():
+    assert set(catalogue.BREAKS) | {"healthy", "no-clip-rare-batch"} == set(CAUSES)
+    for name in catalogue.BREAKS:
+        for role, path in catalogue.configs(ROOT, name).items():
+            assert path.is_file(), f"{name} {role}: no {path}"
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_diagnose_names_every_break_and_the_reference_from_the_logs(rounds, seed):
+    out = rounds[seed]
+    mapping = exercise.reveal(out)
+    assert sorted(mapping.values()) == sorted(catalogue.BREAKS)
+    ref = (out / "reference" / rundir.CONFIG).read_text()
+    for label, truth in mapping.items():
+        assert (out / label / rundir.CONFIG).read_text() == ref  # nothing names the break
+        assert diagnose(out / label)["cause"]["name"] == truth, (label, truth)
+    assert diagnose(out / "reference")["cause"]["name"] == "healthy"
+
+
+def test_given_back_its_own_config_a_folder_reads_the_same(rounds, tmp_path):
+    out = rounds[0]
+    sealed = exercise.sealed(out)
+    for label, own in sealed["configs"].items():
+        copy = tmp_path / label
+        shutil.copytree(out / label, copy)
+        (copy / rundir.CONFIG).write_text(own)
+        assert yaml.safe_load(own) != yaml.safe_load((out / label / rundir.CONFIG).read_text())
+        assert diagnose(copy)["cause"] == diagnose(out / label)["cause"]
+
+
+def test_a_round_scored_with_diagnoses_own_answers_is_n_of_n(rounds):
+    out = rounds[1]
+    r = _cli("exercise", "score", str(out), "--self")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith(f"score: {len(catalogue.BREAKS)}/{len(catalogue.BREAKS)}")
+    r = _cli("exercise", "reveal", str(out), "--json")
+    assert json.loads(r.stdout) == exercise.reveal(out)
+
+
+def test_a_wrong_answer_scores_wrong_and_the_sealed_file_does_not_read_plainly(rounds,
+                                                                             tmp_path):
+    out = tmp_path / "round"
+    shutil.copytree(rounds[2], out)
+    mapping = exercise.reveal(out)
+    first, second = sorted(mapping)[:2]
+    (out / exercise.ANSWERS).write_text(f"{first}: {mapping[second]}\n"
+                                        f"{second}: {{cause: {mapping[second]}, notes: v}}\n")
+    result = exercise.score(out)
+    right = {r["folder"]: r["right"] for r in result["rows"]}
+    assert right[first] is False and right[second] is True and result["right"] == 1
+    raw = (out / exercise.SEALED).read_bytes()
+    assert not any(name.encode() in raw for name in catalogue.BREAKS)
+    assert json.loads(base64.b64decode(raw))["mapping"] == mapping
+    (out / exercise.ANSWERS).write_text("- not a mapping\n")
+    r = _cli("exercise", "score", str(out))
+    assert r.returncode == 2 and "diagnoses.yaml" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_blind_refuses_bad_input_in_one_line(tmp_path):
+    for args, what in ((["--breaks", "bad-init,nope"], "--breaks"),
+                       (["--breaks", "bad-init,bad-init"], "--breaks")):
+        r = _cli("exercise", "blind", "--out", str(tmp_path / "x"), *args)
+        assert r.returncode == 2 and what in r.stderr and "Traceback" not in r.stderr
+    r = _cli("exercise", "score", str(tmp_path))
+    assert r.returncode == 2 and "SEALED" in r.stderr
+    r = _cli("exercise", "run", "nope")
+    assert r.returncode == 2 and "unknown exercise" in r.stderr
+
+
+def test_sample_reads_the_checkpoint(rounds):
+    out = rounds[0]
+    ref = out / "reference"
+    greedy = text.sample(ref, temperature=0, n=2)
+    assert greedy["samples"][0] == greedy["samples"][1]  # greedy: no draw
+    assert greedy["checkpoint_step"] == STEPS  # a completed run checkpoints its last step
+    a, b = text.sample(ref, n=8, seed=3), text.sample(ref, n=8, seed=3)
+    assert a == b and a != text.sample(ref, n=8, seed=4)
+    corpus = set((ROOT / "corpus/train.txt").read_text().splitlines())
+    for s in a["samples"]:  # judged on the run's logs, checked against the corpus file
+        assert s["training_sentence"] == (s["text"].strip() in corpus)
+    leak = next(out / k for k, v in exercise.reveal(out).items() if v == "causal-leak")
+    assert text.sample(leak, n=8)["eos_share"] < a["eos_share"]
+    r = _cli("sample", str(ref), "--tokens", "0")
+    assert r.returncode == 2 and "--tokens" in r.stderr
+
