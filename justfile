@@ -74,6 +74,7 @@ phase-19-report: phase-19 phase-19-ablations
       --page $page
     {{python}} -m minitrain diagnose experiments/19-break-no-clip \
       --moments-page theory/02-optimizer-and-schedule.md --label "Run B" > /dev/null
+    {{python}} -m minitrain.exercises.handout --page $page > /dev/null  # the handout beside ours
 
 # Run B over 20 seeds and the fixes (experiments/19-sweep/sweep.yaml); resumable; fills the
 # sweep block of the exercise page

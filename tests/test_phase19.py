@@ -111,6 +111,24 @@ def test_page_numbers_come_from_these_runs(runs, tmp_path, a, b):
         assert values == pytest.approx(published[row], rel=0.02, abs=1e-3), row
 
 
+def test_the_handout_table_is_what_the_runs_give(runs):
+    """The page's handout-vs-ours block: its words are these runs' (every number masked), its
+    numbers theirs within 2%; the recover/NaN row quotes the sweep's table."""
+    from minitrain.exercises import handout
+
+    sweep = handout.read_sweep(ROOT / "experiments" / handout.SWEEP, PAGE)
+    a, b, c = (runs[handout.RUNS[k]] for k in "abc")
+    fresh = handout.markdown(handout.rows(a, b, c, sweep), b.config["seed"])
+    key = handout.BLOCK
+    page = PAGE.read_text(encoding="utf-8")
+    published = page.split(f"<!-- measured:{key} -->\n")[1].split(f"\n<!-- /measured:{key}")[0]
+    number = r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?"
+    assert re.sub(number, "#", published) == re.sub(number, "#", fresh)
+    mine, theirs = (np.array(re.findall(number, t), float) for t in (published, fresh))
+    np.testing.assert_allclose(mine, theirs, rtol=0.02, atol=1e-3)
+    assert "`tten` is not a piece" in fresh and "`▁written` is loss carrier no. 1" in fresh
+
+
 def test_diagnose_names_step_batch_piece_and_word(runs):
     from minitrain.reports.diagnose import diagnose
 
