@@ -129,6 +129,29 @@ def test_the_handout_table_is_what_the_runs_give(runs):
     assert "`tten` is not a piece" in fresh and "`▁written` is loss carrier no. 1" in fresh
 
 
+def test_recovery_is_counted_only_after_a_rise_to_recover_from(runs):
+    """compare's table and the sweep's: 'no rise' for a whole-set rise up to MIN_RISE (Run C's),
+    steps or never above it (Run B's); the sweep's cells take their recovery medians and
+    not-back counts over the runs that rose, and say so under the table."""
+    from minitrain.exercises.phase19 import cell_table
+    from minitrain.exercises.phase19 import markdown as sweep_markdown
+    from minitrain.reports.measure import MIN_RISE, summarise
+
+    back = "whole back within 10% of rise, steps"
+    b, g = (summarise(runs[n], 1200) for n in ("19-break-no-clip", "19-clip-at-arrival"))
+    assert 0 < g["whole_rise"] <= MIN_RISE and g[back] == "no rise"
+    assert b["whole_rise"] > MIN_RISE and b[back] != "no rise"
+    run = {"status": "completed", "diverged": False}
+    rows = [{"cell": "x", **run, "whole_rise": r, "recovery_steps": s}
+            for r, s in ((0.5, 40), (0.3, None), (0.05, "no rise"), (-0.02, "no rise"))]
+    rows += [{"cell": "y", **run, "whole_rise": 0.04, "recovery_steps": "no rise"}]
+    x, y = cell_table(rows)
+    assert (x["rise > 0.1"], x["median recovery steps"], x["not back by the end"]) == (2, 40, 1)
+    assert (y["rise > 0.1"], y["median recovery steps"], y["not back by the end"]) == (
+        0, "no rise", 0)
+    assert "| y | 1 |" in sweep_markdown([x, y]) and "rise > 0.1 only" in sweep_markdown([x, y])
+
+
 def test_diagnose_names_step_batch_piece_and_word(runs):
     from minitrain.reports.diagnose import diagnose
 

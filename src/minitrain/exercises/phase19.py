@@ -1,6 +1,7 @@
 """Phase 19's sweep table: Run B's setup over many seeds and fixes, read back one row per run
-(did the arrival spike, how far the whole-set loss rose, how fast it came back) and one line
-per cell, with a picture. A sweep file chooses it with `report: phase-19`.
+(did the arrival spike, how far the whole-set loss rose, how fast it came back: counted only
+after a rise above measure.MIN_RISE, else "no rise") and one line per cell, with a picture.
+A sweep file chooses it with `report: phase-19`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,14 @@ from minitrain.core import config as config_mod
 from minitrain.core import rundir
 from minitrain.labs.common import Runs
 from minitrain.reports import pages
-from minitrain.reports.measure import detect, judged_from, norm_ratios, thresholds, whole_set_around
+from minitrain.reports.measure import (
+    MIN_RISE,
+    detect,
+    judged_from,
+    norm_ratios,
+    thresholds,
+    whole_set_around,
+)
 from minitrain.reports.pages import fmt
 
 NAME, FOLDER, BLOCKS = "phase-19", "19-break-no-clip", ("sweep", "sweep-guard")
@@ -49,8 +57,7 @@ def run_row(run: rundir.Run) -> dict:
            "skipped_steps": int(sum(bool(m.get("skipped")) for m in run.metrics))}
     if step is None or step >= len(g):
         return row
-    around = whole_set_around(run, step)
-    back = around["whole back within 10% of rise, steps"]
+    around = whole_set_around(run, step, MIN_RISE)
     final = run.column("train_loss")
     final = final[np.isfinite(final)]
     row.update({
@@ -60,7 +67,7 @@ def run_row(run: rundir.Run) -> dict:
         "spiked_later": any(e["step"] > step + 5 for e in events),
         "ratio": float(norm_ratios(run)[step]),
         "whole_before": around["whole_before"], "whole_rise": around["whole_rise"],
-        "recovery_steps": 0 if back == "no rise" else back,
+        "recovery_steps": around["whole back within 10% of rise, steps"],  # or "no rise"
         "final_gap": float(final[-1] - around["whole_before"]) if len(final) else np.nan,
     })
     return row
@@ -98,7 +105,8 @@ def cell_table(rows: list[dict]) -> list[dict]:
     out = []
     for label in dict.fromkeys(r["cell"] for r in rows):
         rs = [r for r in rows if r["cell"] == label and r["status"] != "missing"]
-        never = sum(r.get("recovery_steps") is None and "whole_rise" in r for r in rs)
+        rose = [r for r in rs if (r.get("whole_rise") or 0) > MIN_RISE]  # nan: not rose
+        never = sum(r.get("recovery_steps") is None for r in rose)
         out.append({
             "cell": label, "runs": len(rs),
             "spiked": sum(bool(r.get("spiked")) for r in rs),
@@ -107,8 +115,9 @@ def cell_table(rows: list[dict]) -> list[dict]:
             "ordinary norm": _median(r.get("ordinary_norm") for r in rs),
             "median ratio": _median(r.get("ratio") for r in rs),
             "median whole-set rise": _median(r.get("whole_rise") for r in rs),
-            "rise > 0.1": sum((r.get("whole_rise") or 0) > 0.1 for r in rs),
-            "median recovery steps": _median(r.get("recovery_steps") for r in rs),
+            f"rise > {MIN_RISE:g}": len(rose),
+            "median recovery steps": _median(r.get("recovery_steps") for r in rose) if rose
+            else "no rise",
             "not back by the end": never,
             "median final - before": _median(r.get("final_gap") for r in rs),
             "clipped ordinary steps": _median(r.get("clipped_ordinary") for r in rs),
@@ -125,7 +134,9 @@ def markdown(table: list[dict]) -> str:
     head = list(table[0])
     rows = [[_fmt(row[k]) if k != "clipped ordinary steps" or not np.isfinite(row[k])
              else fmt(row[k], ".0%") for k in head] for row in table]
-    return pages.table(head, rows) + "\n"
+    rule = (f"Recovery columns: over the runs with a whole-set rise > {MIN_RISE:g} only "
+            "(\"no rise\" when there is none).")
+    return pages.table(head, rows) + "\n\n" + rule + "\n"
 
 
 def to_csv(rows: list[dict], columns: list[str]) -> str:

@@ -19,6 +19,7 @@ from minitrain.core.config import ConfigError, DiagnoseConfig
 from minitrain.core.rundir import Run
 
 WINDOW = 50  # steps in the baseline median
+MIN_RISE = 0.1  # compare's and the sweep's tables: a whole-set rise up to this is "no rise"
 
 
 def norm_ratios(run: Run, window: int = WINDOW) -> np.ndarray:
@@ -85,10 +86,12 @@ def v_recovery(run: Run, piece: str, step: int, table: str = "wte",
     return None
 
 
-def _whole_back(whole: np.ndarray, step: int, before: float, rise: float) -> int | str | None:
+def _whole_back(whole: np.ndarray, step: int, before: float, rise: float,
+                min_rise: float = 0.0) -> int | str | None:
     """Steps after `step` until the whole-set loss is back below before + 10% of the rise,
-    counted from its worst point on; 'no rise' when it never went up."""
-    if not np.isfinite(rise) or rise <= 0:
+    counted from its worst point on; 'no rise' when it rose by `min_rise` or less (by default:
+    when it never went up)."""
+    if not np.isfinite(rise) or rise <= min_rise:
         return "no rise"
     worst = step + int(np.nanargmax(whole[step:step + 150]))
     for j in range(worst, len(whole)):
@@ -121,8 +124,9 @@ def _median_before(trace: np.ndarray, step: int, n: int = 20) -> float:
     return float(np.median(window)) if len(window) else np.nan
 
 
-def whole_set_around(run: Run, step: int) -> dict:
-    """Whole-set loss before `step`, worst within 150 steps from it, the rise, and when back."""
+def whole_set_around(run: Run, step: int, min_rise: float = 0.0) -> dict:
+    """Whole-set loss before `step`, worst within 150 steps from it, the rise, and when back
+    ('no rise' for a rise up to `min_rise`)."""
     whole = run.column("train_loss")
     before = whole[:step][np.isfinite(whole[:step])]
     after = whole[step:step + 150]
@@ -130,13 +134,15 @@ def whole_set_around(run: Run, step: int) -> dict:
            "whole_worst_after": np.nanmax(after) if np.isfinite(after).any() else np.nan}
     out["whole_rise"] = out["whole_worst_after"] - out["whole_before"]
     out["whole back within 10% of rise, steps"] = _whole_back(whole, step, out["whole_before"],
-                                                              out["whole_rise"])
+                                                              out["whole_rise"], min_rise)
     return out
 
 
 def summarise(run: Run, step: int) -> dict:
     """One run at `step`: norms, clip, batch and whole-set losses, its densest batch, and each
-    tracked row's v jump and recovery (compare's table, the post-mortem's numbers)."""
+    tracked row's v jump and recovery (compare's table, the post-mortem's numbers). The
+    whole-set recovery is counted only after a rise above MIN_RISE: a smaller one is 'no rise'
+    (there is nothing to recover from, and its 10% line sits within the evaluation's noise)."""
     g, post = run.column("grad_norm_pre_clip"), run.column("grad_norm_post_clip")
     loss, whole = run.column("loss"), run.column("train_loss")
     n = len(g)
@@ -144,7 +150,7 @@ def summarise(run: Run, step: int) -> dict:
     if step >= n:
         return s
     base = np.nanmedian(g[max(0, step - WINDOW):step]) if step else np.nan
-    around = whole_set_around(run, step)
+    around = whole_set_around(run, step, MIN_RISE)
     s.update({
         "grad_norm_pre_clip": g[step], "baseline_median": base, "ratio": g[step] / base,
         "grad_norm_post_clip": post[step], "clip_factor": run.metrics[step]["clip_factor"],
