@@ -159,3 +159,22 @@ lab-capacity:
     {{python}} -m minitrain sweep experiments/capacity/sweep.yaml --force
     {{python}} -m minitrain report capacity experiments/capacity/runs \
       --page experiments/capacity/README.md
+
+# train one exercise of the break/fix catalogue (control, break, fix) and fill its page; all: every one
+exercise name="all":
+    {{python}} -m minitrain exercise run {{name}}
+
+# a blind round of the course's three breaks, shuffled by a fresh seed, into OUT (experiments/break-it/README.md)
+break-it out="break-it-round":
+    {{python}} -m minitrain exercise blind --out {{out}} --seed $(date +%s)
+
+# three blind rounds of all five breaks (seeds 0, 1, 2), named by diagnose: the catalogue page's table
+break-it-rounds:
+    #!/usr/bin/env bash
+    set -euo pipefail
+    for s in 0 1 2; do
+      test -f out/rounds/seed-$s/SEALED || {{python}} -m minitrain exercise blind \
+        --out out/rounds/seed-$s --seed $s --breaks all
+    done
+    {{python}} -m minitrain exercise rounds out/rounds/seed-0 out/rounds/seed-1 out/rounds/seed-2 \
+      --page experiments/break-it/README.md

@@ -6,6 +6,7 @@ diagnose's own answers is n/n; `sample` draws what the checkpoint says."""
 
 import base64
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from minitrain.core import rundir
 from minitrain.exercises import catalogue
 from minitrain.exercises.causes import CAUSES, diagnose
 from minitrain.reports import text
+from minitrain.reports.pages import blocks
 from minitrain.tools import exercise
 
 SEEDS = (0, 1, 2)
@@ -32,8 +34,9 @@ def _cli(*args):
 
 def _blind(args):
     out, seed = args
+    quick = [] if seed == SEEDS[0] else ["--no-dashboard"]  # one round is enough to see them
     r = _cli("exercise", "blind", "--out", str(out), "--seed", str(seed), "--breaks", "all",
-             "--steps", str(STEPS))
+             "--steps", str(STEPS), *quick)
     assert r.returncode == 0, r.stderr
     return out
 
@@ -58,6 +61,10 @@ def test_diagnose_names_every_break_and_the_reference_from_the_logs(rounds, seed
     mapping = exercise.reveal(out)
     assert sorted(mapping.values()) == sorted(catalogue.BREAKS)
     ref = (out / "reference" / rundir.CONFIG).read_text()
+    assert (out / "01" / "dashboard.html").is_file() == (seed == SEEDS[0])
+    for page in out.glob("*/dashboard.html"):  # the dashboards name no break either
+        html = page.read_text(encoding="utf-8")
+        assert not [w for w in [*catalogue.BREAKS, "init_std", "decay_steps"] if w in html]
     for label, truth in mapping.items():
         assert (out / label / rundir.CONFIG).read_text() == ref  # nothing names the break
         assert diagnose(out / label)["cause"]["name"] == truth, (label, truth)
@@ -130,3 +137,73 @@ def test_sample_reads_the_checkpoint(rounds):
     r = _cli("sample", str(ref), "--tokens", "0")
     assert r.returncode == 2 and "--tokens" in r.stderr
 
+
+def _table(block: str) -> dict[str, dict[str, str]]:
+    """A measured runs table: row label -> {role: cell}."""
+    lines = [ln for ln in block.splitlines() if ln.startswith("|")]
+    roles = [c.strip() for c in lines[0].strip("|").split("|")][1:]
+    out = {}
+    for ln in lines[2:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        out[cells[0]] = dict(zip(roles, cells[1:]))
+    return out
+
+
+def _num(cell: str) -> float:
+    return float(cell.rstrip("%")) / (100 if cell.endswith("%") else 1)
+
+
+def _block(page, key):
+    src = page.read_text(encoding="utf-8")
+    return src.split(f"<!-- measured:{key} -->", 1)[1].split(f"<!-- /measured:{key} -->")[0]
+
+
+# what each page's words claim about its runs, checked against its own measured table
+CLAIMS = {
+    "bad-init": lambda t: (_num(t["step-0 batch loss (ln V: uniform guess)"]["break"]) >
+                           2 * _num(t["ln V"]["break"]) and
+                           _num(t["steps clipped"]["break"]) > 0.95),
+    "no-warmup": lambda t: (t["lr at step 0"]["break"] == t["peak lr"]["break"] and
+                            _num(t["lr at step 0"]["fix"]) < _num(t["peak lr"]["fix"]) and
+                            _num(t["lr at step 0"]["control"]) < _num(t["peak lr"]["control"])),
+    "causal-leak": lambda t: (_num(t["lowest whole-set train loss"]["break"]) <
+                              _num(t["corpus floor for a causal model"]["break"]) and
+                              _num(t["validation loss at the end"]["break"]) <
+                              _num(t["validation loss at the end"]["control"])),
+    "lr-too-high": lambda t: (_num(t["weight norm at the end"]["break"]) >
+                              _num(t["weight norm at the end"]["control"]) and
+                              _num(t["median pre-clip gradient norm"]["break"]) <
+                              _num(t["median pre-clip gradient norm"]["control"]) and
+                              _num(t["lr at step 0"]["break"]) < 0.1 *
+                              _num(t["peak lr"]["break"])),
+    "lr-schedule": lambda t: (int(t["lr under 1% of peak from step"]["break"]) < 650 and
+                              _num(t["median update norm over the last third"]["break"]) == 0
+                              and _num(t["whole-set train loss at the end"]["fix"]) <
+                              _num(t["whole-set train loss at the end"]["break"])),
+}
+
+
+@pytest.mark.parametrize("name", catalogue.BREAKS)
+def test_each_page_says_what_its_runs_measured(name):
+    """The blocks are filled (by `minitrain exercise run NAME`), the quiz block is what the
+    quiz computes now, diagnose named the break and healthy for the control and the fix, and
+    the page's words about its runs hold in its own table."""
+    from minitrain.exercises import quiz, sheet
+
+    page = catalogue.folder(ROOT, name) / "README.md"
+    assert set(sheet.BLOCKS) <= blocks(page)
+    assert _block(page, "quiz").strip() == quiz.block(name).strip()
+    causes = dict(re.findall(r"- \*\*(\w+)\*\*: `([\w-]+)`", _block(page, "cause")))
+    assert causes == {role: (name if role == "break" else "healthy")
+                      for role in catalogue.configs(ROOT, name)}
+    assert CLAIMS[name](_table(_block(page, "runs")))
+
+
+def test_the_catalogue_page_lists_the_registry():
+    page = (ROOT / "experiments/break-it/README.md").read_text(encoding="utf-8")
+    listed = re.findall(r"^\| `([\w-]+)` \| [^|]+ \| `experiments/([\w-]+)/README.md` \|$",
+                        page, re.M)
+    assert [a for a, _ in listed] == list(catalogue.BREAKS) == [b for _, b in listed]
+    rounds = _block(ROOT / "experiments/break-it/README.md", "rounds")
+    right, n = map(int, re.search(r"named (\d+) of (\d+) runs right", rounds).groups())
+    assert n >= 3 * (len(catalogue.BREAKS) + 1) and right == n

@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     esub = e.add_subparsers(dest="action", required=True)
     esub.add_parser("list", help="one line per exercise: what it breaks, minutes it took")
     er = esub.add_parser("run", help="train an exercise's control, break and fix; fill its page")
-    er.add_argument("name")
+    er.add_argument("name", help="an exercise of `minitrain exercise list`, or all")
     er.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                     help="override a value in every run, e.g. --set seed=1")
     er.add_argument("--no-page", action="store_true", help="train only; leave the page as it is")
@@ -97,10 +97,15 @@ def _parser() -> argparse.ArgumentParser:
                     "three)")
     eb.add_argument("--steps", type=int, help="train.steps of every run (default: the "
                     "exercises'; fewer for a quick round)")
+    eb.add_argument("--no-dashboard", action="store_true",
+                    help="write no dashboard.html (minitrain dashboard FOLDER --blind later)")
     es = esub.add_parser("score", help="score DIR/diagnoses.yaml against the sealed answers")
     es.add_argument("dir")
     es.add_argument("--self", dest="self_answer", action="store_true",
                     help="first write diagnose's own causes as the answers")
+    et = esub.add_parser("rounds", help="how diagnose plays finished blind rounds: a table")
+    et.add_argument("dirs", nargs="+", help="blind-round folders")
+    et.add_argument("--page", help="Markdown page whose '<!-- measured:rounds -->' block to fill")
     ev = esub.add_parser("reveal", help="print which break each folder holds")
     ev.add_argument("dir")
     ev.add_argument("--json", action="store_true", help="print JSON")
@@ -263,11 +268,14 @@ def _exercise(args) -> int:
     if args.action == "list":
         print("\n".join(exercise.listing(root)))
     elif args.action == "run":
-        exercise.run(root, args.name, args.overrides, force=args.force)
-        if not args.no_page:
-            from minitrain.exercises import sheet
+        from minitrain.exercises.catalogue import BREAKS
 
-            print(sheet.report(root, args.name)["page"])
+        for name in (BREAKS if args.name == "all" else [args.name]):
+            exercise.run(root, name, args.overrides, force=args.force)
+            if not args.no_page:
+                from minitrain.exercises import sheet
+
+                print(f"{name}: filled {sheet.report(root, name)['page']}")
     elif args.action == "quiz":
         from minitrain.exercises import quiz
 
@@ -280,7 +288,7 @@ def _exercise(args) -> int:
             print()
     elif args.action == "blind":
         done = exercise.blind(root, Path(args.out), args.seed, args.breaks, args.steps,
-                              progress=True)
+                              progress=True, dashboards=not args.no_dashboard)
         print(f"{args.out}: {len(done['mapping'])} folders and reference/; write your "
               f"diagnoses in {Path(args.out) / exercise.ANSWERS}, then: minitrain exercise "
               f"score {args.out} (do not open {exercise.SEALED})")
@@ -288,6 +296,15 @@ def _exercise(args) -> int:
         if args.self_answer:
             exercise.self_answer(Path(args.dir))
         exercise.print_score(exercise.score(Path(args.dir)))
+    elif args.action == "rounds":
+        from minitrain.exercises import sheet
+
+        body = sheet.rounds_block(root, [Path(d) for d in args.dirs])
+        if args.page:
+            from minitrain.reports.pages import update_page
+
+            update_page(args.page, "rounds", body)
+        print(body)
     elif args.action == "reveal":
         mapping = exercise.reveal(Path(args.dir))
         if args.json:

@@ -2,8 +2,9 @@
 the rules are tried in order and the first that holds names the cause, with its evidence as
 sentences of measured numbers. No rule holding is `healthy`.
 
-The thresholds are wide on purpose: each sits between what the healthy control and the break
-measured over several seeds (experiments/break-it/README.md has the table), far from both."""
+Each threshold sits between what the healthy control and its break measured over several
+seeds; the rounds block of experiments/break-it/README.md prints every number beside it (some
+margins are wide, the plateau's is not)."""
 
 from __future__ import annotations
 
@@ -21,6 +22,31 @@ LR_ZERO_BEFORE = 0.5  # lr under 1% of its peak for good before half the run: a 
 STUCK = 0.3  # whole-set loss still above floor + 0.3 (ln V - floor) at the end: not learning
 PLATEAU = 0.15  # and improving by less than 15% over the run's last third
 RISE = 0.1  # a rare-batch spike that lifted the whole-set loss by more than 0.1
+
+
+LIMITS = {"loss_0 / ln V": f"bad-init above {START_OVER_UNIFORM:g}",
+          "lowest whole / floor": f"causal-leak below {UNDER_FLOOR:g}",
+          "lr ~0 from / steps": f"lr-schedule below {LR_ZERO_BEFORE:g}",
+          "end above floor / (ln V - floor)": f"stuck above {STUCK:g}",
+          "end / two-thirds": f"and above {1 - PLATEAU:g}"}
+
+
+def margins(f: dict | None) -> dict:
+    """The number each rule compares with its threshold (LIMITS), for a run's symptoms."""
+    if f is None:
+        return dict.fromkeys(LIMITS)
+
+    def ratio(a, b):
+        return None if a is None or not b else a / b
+
+    gap = None if f["floor"] is None or f["ln_vocab"] is None else f["ln_vocab"] - f["floor"]
+    return {"loss_0 / ln V": ratio(f["loss_0"], f["ln_vocab"]),
+            "lowest whole / floor": ratio(f["whole_min"], f["floor"]),
+            "lr ~0 from / steps": ratio(f["lr_zero_from"], f["steps"]),
+            "end above floor / (ln V - floor)": ratio(
+                None if f["whole_final"] is None or f["floor"] is None
+                else f["whole_final"] - f["floor"], gap),
+            "end / two-thirds": ratio(f["whole_final"], f["whole_third"])}
 
 
 def _stuck(f: dict) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from minitrain.exercises import catalogue, quiz
+from minitrain.exercises import catalogue, causes, quiz
 from minitrain.exercises.causes import diagnose
 from minitrain.reports import pages, text
 from minitrain.reports.pages import fmt, table
@@ -125,12 +125,15 @@ def rounds_block(root: Path, rounds: list[Path]) -> str:
 
     names = [*catalogue.BREAKS, "reference"]
     cells = {n: [] for n in names}
+    signs = {n: [] for n in names}
     for out in rounds:
         mapping = {**sealed(out)["mapping"], REFERENCE: "healthy"}
         for label, truth in mapping.items():
-            got = diagnose(out / label)["cause"]["name"]
+            d = diagnose(out / label)
+            got = d["cause"]["name"]
             key = "reference" if label == REFERENCE else truth
             cells[key].append((sealed(out)["seed"], got, got == truth))
+            signs[key].append(causes.margins(d["symptoms"]))
     header = ["run", "truth", *(f"seed {s}" for s, _, _ in cells["reference"]), "named right"]
     rows = []
     for n in names:
@@ -141,6 +144,20 @@ def rounds_block(root: Path, rounds: list[Path]) -> str:
                       for s in {sealed(out)["steps"] for out in rounds})
     total = sum(ok for c in cells.values() for _, _, ok in c)
     n = sum(len(c) for c in cells.values())
+    keys = list(causes.margins(None))
+    margin_rows = [[n, *(_span([x[k] for x in signs[n]]) for k in keys)] for n in names]
     return (f"{_stamp(root, 'just break-it-rounds')} Steps per run: "
             f"{steps}."
-            f"\n\n{table(header, rows)}\n\ndiagnose named {total} of {n} runs right.")
+            f"\n\n{table(header, rows)}\n\ndiagnose named {total} of {n} runs right.\n\n"
+            "The signs its rules read (lowest and highest over the rounds), each with the "
+            f"threshold its rule uses (`exercises/causes.py`):\n\n"
+            f"{table(['run', *(f'{k} ({causes.LIMITS[k]})' for k in keys)], margin_rows)}")
+
+
+def _span(values: list) -> str:
+    xs = [v for v in values if v is not None]
+    if not xs:
+        return "–"
+    lo, hi = min(xs), max(xs)
+    return fmt(lo, ".3g") if fmt(lo, ".3g") == fmt(hi, ".3g") else \
+        f"{fmt(lo, '.3g')}–{fmt(hi, '.3g')}"

@@ -78,7 +78,7 @@ def chosen(breaks: str | None) -> list[str]:
 
 
 def blind(root: Path, out: Path, seed: int, breaks: str | None = None,
-          steps: int | None = None, progress: bool = False) -> dict:
+          steps: int | None = None, progress: bool = False, dashboards: bool = True) -> dict:
     """Train the chosen breaks into out/01, out/02, ... in an order shuffled by `seed`, and
     the untouched control into out/reference, every run at training seed `seed`."""
     names = chosen(breaks)
@@ -99,7 +99,8 @@ def blind(root: Path, out: Path, seed: int, breaks: str | None = None,
         mapping[label] = name
     sealed = {"seed": seed, "steps": steps, "mapping": mapping, "configs": configs}
     (out / SEALED).write_bytes(base64.b64encode(json.dumps(sealed).encode()) + b"\n")
-    _dashboards(out, [*mapping, REFERENCE])
+    if dashboards:
+        _dashboards(out, [*mapping, REFERENCE])
     (out / ANSWERS).write_text("".join(f"{label}: \n" for label in mapping), encoding="utf-8")
     return sealed
 
