@@ -207,3 +207,23 @@ def test_the_catalogue_page_lists_the_registry():
     rounds = _block(ROOT / "experiments/break-it/README.md", "rounds")
     right, n = map(int, re.search(r"named (\d+) of (\d+) runs right", rounds).groups())
     assert n >= 3 * (len(catalogue.BREAKS) + 1) and right == n
+
+
+@pytest.mark.parametrize("name", ["theory-02", "stability-check"])
+def test_the_theory_quizzes_are_what_the_code_computes(name):
+    from minitrain.exercises import quiz
+
+    assert _block(quiz.page(ROOT, name), "quiz").strip() == quiz.block(name).strip()
+
+
+def test_the_quiz_asks_checks_and_works_the_answer():
+    from minitrain.exercises import quiz
+
+    right = quiz.QUIZZES["theory-02"][0].answer()
+    r = subprocess.run([sys.executable, "-m", "minitrain", "exercise", "quiz", "theory-02"],
+                       cwd=ROOT, capture_output=True, text=True, input=f"{right:.4f}\n7\n")
+    assert r.returncode == 0, r.stderr
+    assert "right: min(1, 1.0 / 3.5)" in r.stdout and "not quite: min(1, 1.0 / 0.4)" in r.stdout
+    assert r.stdout.strip().endswith("quiz theory-02: 1/3 (1 not answered)")
+    assert right == pytest.approx(1 / 3.5) and quiz.QUIZZES["theory-02"][2].answer() == \
+        pytest.approx(5 * 0.9 ** 10)  # the code agrees with the algebra on the page

@@ -124,7 +124,8 @@ def test_a_sweep_names_a_report_that_exists(tmp_path):
         sweep.load_spec(spec)
 
 
-ALLOWED_CORE = {"rundir", "config", "optim", "restore"}  # what a plug-in may use of training
+# what a plug-in may use of training (guards: the clip rule, which the quizzes ask about)
+ALLOWED_CORE = {"rundir", "config", "optim", "restore", "guards"}
 
 
 def _imports(path: Path) -> set[str]:
@@ -158,3 +159,16 @@ def test_the_general_tools_name_no_experiment():
     for path in paths:
         found = pattern.search(path.read_text(encoding="utf-8"))
         assert not found, f"{path}: names {found.group()!r}"
+
+
+@pytest.mark.parametrize("name", sorted(__import__("minitrain.exercises.catalogue",
+                                                    fromlist=["BREAKS"]).BREAKS))
+def test_every_catalogue_exercise_loads_and_its_page_has_the_blocks(name):
+    """The catalogue's exercises, walked like the labs: every config loads (through its base),
+    differs from the control, and the page holds every block the sheet fills."""
+    from minitrain.exercises import catalogue, sheet
+
+    cfgs = {role: config.load(p) for role, p in catalogue.configs(ROOT, name).items()}
+    assert all(c != cfgs["control"] for role, c in cfgs.items() if role != "control")
+    page = catalogue.folder(ROOT, name) / "README.md"
+    assert set(sheet.BLOCKS) <= blocks(page), page

@@ -89,7 +89,9 @@ def _parser() -> argparse.ArgumentParser:
     er.add_argument("--force", action="store_true",
                     help="train again runs already there with the same config")
     eq = esub.add_parser("quiz", help="the exercise's check-yourself questions, in the terminal")
-    eq.add_argument("name")
+    eq.add_argument("name", help="an exercise, or theory-02 / stability-check")
+    eq.add_argument("--page", action="store_true",
+                    help="do not ask: fill the page's quiz block with the answers")
     eb = esub.add_parser("blind", help="train breaks into shuffled numbered folders")
     eb.add_argument("--out", required=True, help="a new folder for the round")
     eb.add_argument("--seed", type=int, default=0, help="shuffles the order and seeds the runs")
@@ -282,10 +284,12 @@ def _exercise(args) -> int:
         if args.name not in quiz.QUIZZES:
             raise ConfigError(f"quiz: unknown exercise {args.name!r} (expected one of: "
                               f"{', '.join(quiz.QUIZZES)})")
-        try:
-            quiz.ask(args.name)
-        except EOFError:  # input ran out: the questions not answered are not scored
-            print()
+        if args.page:
+            from minitrain.reports.pages import update_page
+
+            update_page(quiz.page(root, args.name), "quiz", quiz.block(args.name))
+            return 0
+        quiz.ask(args.name)
     elif args.action == "blind":
         done = exercise.blind(root, Path(args.out), args.seed, args.breaks, args.steps,
                               progress=True, dashboards=not args.no_dashboard)

@@ -8,11 +8,14 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from types import SimpleNamespace
 
+import numpy as np
 import torch
 
-from minitrain.core import optim
+from minitrain.core import guards, optim
 from minitrain.core.config import OptimizerConfig
+from minitrain.reports.measure import suggest_clip
 from minitrain.reports.text import memorisation_floor
 
 
@@ -31,6 +34,27 @@ def adam_first_step(lr: float, g: float, betas=(0.9, 0.998)) -> float:
     w.grad = torch.full((1,), g)
     opt.step()
     return abs(float(w.detach()[0]))
+
+
+def clip_factor(norm: float, threshold: float) -> float:
+    """The global clip's scale, by the project's own rule (core/guards.py, as loop.py writes)."""
+    return guards.global_factor(threshold, norm)
+
+
+def m_after_spike(spike: float, quiet: int, b1: float = 0.9) -> float:
+    """|m| of one weight `quiet` zero-gradient steps after a gradient `spike` from m = 0, by
+    the project's AdamW (its moment, not a formula)."""
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = optim.AdamW([{"params": [w], "weight_decay": 0.0}], lr=1e-3, betas=(b1, 0.999))
+    for g in [spike] + [0.0] * quiet:
+        w.grad = torch.full((1,), g)
+        opt.step()
+    return abs(float(opt.m[0][0]))
+
+
+def _suggested(norms: list[float]) -> float:
+    run = SimpleNamespace(column=lambda key: np.array(norms))  # a run's pre-clip norms only
+    return suggest_clip(run)
 
 
 def _floor_two() -> float:
@@ -95,7 +119,40 @@ QUIZZES: dict[str, list[Question]] = {
                  lambda a: f"{a:.3g}: past step 130 the cosine is at its floor, 0, and every "
                  "update is lr x (Adam's direction) = 0.", tol=0.0),
     ],
+    "theory-02": [
+        Question("The global norm of a step's gradient is 3.5 and grad_clip is 1.0: by what "
+                 "factor is every gradient scaled?", lambda: clip_factor(3.5, 1.0),
+                 lambda a: f"min(1, 1.0 / 3.5) = {a:.4f} (core/guards.py, global_factor): "
+                 "every tensor shrinks by the same factor, so the direction is kept."),
+        Question("And for a global norm of 0.4?", lambda: clip_factor(0.4, 1.0),
+                 lambda a: f"min(1, 1.0 / 0.4) = {a:g}: below the threshold the clip does "
+                 "nothing.", tol=0.0),
+        Question("A weight with m = 0 gets one gradient of 50, then 10 steps of gradient 0, "
+                 "with b1 = 0.9. What is its m after those 10 steps?",
+                 lambda: m_after_spike(50.0, 10),
+                 lambda a: f"(1 - 0.9) x 50 = 5 at the spike, then x 0.9 per quiet step: "
+                 f"5 x 0.9^10 = {a:.4g} (core/optim.py's AdamW, run on one weight): the "
+                 "spike keeps pushing for tens of steps."),
+    ],
+    "stability-check": [
+        Question("The last 100 pre-clip norms of a run are 0.01, 0.02, ..., 1.00. What clip "
+                 "does the stability check suggest (the 90th percentile of the last 100)?",
+                 lambda: _suggested([i / 100 for i in range(1, 101)]),
+                 lambda a: f"{a:.4g} (reports/measure.py, suggest_clip, on those norms): a "
+                 "threshold most ordinary steps stay under, so it acts on outliers only."),
+        Question("A spike's pre-clip norm is 12 times an ordinary norm of 0.33; the clip is "
+                 "1.0. What fraction of the spike's gradient reaches the moments?",
+                 lambda: clip_factor(12 * 0.33, 1.0),
+                 lambda a: f"min(1, 1.0 / (12 x 0.33)) = {a:.3g} (core/guards.py)."),
+    ],
 }
+PAGES = {"theory-02": "theory/02-optimizer-and-schedule.md",
+         "stability-check": "theory/stability-check.md"}  # else experiments/NAME/README.md
+
+
+def page(root, name: str):
+    """The page whose quiz block holds `name`'s questions."""
+    return root / PAGES.get(name, f"experiments/{name}/README.md")
 
 
 def block(name: str) -> str:
@@ -116,10 +173,15 @@ def right(q: Question, given: float) -> bool:
 def ask(name: str, read: Callable[[str], str] = input, say: Callable[[str], None] = print
         ) -> tuple[int, int]:
     """Ask the questions of `name` one by one; returns (right, asked)."""
-    score = 0
+    score, asked = 0, 0
     for i, q in enumerate(QUIZZES[name], 1):
         say(f"\n{i}. {q.ask}")
-        text = read("your answer: ").strip()
+        try:
+            text = read("your answer: ").strip()
+        except EOFError:  # input ran out: the rest are not asked
+            say("")
+            break
+        asked += 1
         try:
             ok = right(q, float(text))
         except ValueError:
@@ -127,5 +189,6 @@ def ask(name: str, read: Callable[[str], str] = input, say: Callable[[str], None
             say(f"   (not a number: {text!r})")
         score += ok
         say(f"   {'right' if ok else 'not quite'}: {q.worked(q.answer())}")
-    say(f"\nquiz {name}: {score}/{len(QUIZZES[name])}")
-    return score, len(QUIZZES[name])
+    n = len(QUIZZES[name])
+    say(f"\nquiz {name}: {score}/{n}" + ("" if asked == n else f" ({n - asked} not answered)"))
+    return score, n
