@@ -152,6 +152,18 @@ def test_recovery_is_counted_only_after_a_rise_to_recover_from(runs):
     assert "| y | 1 |" in sweep_markdown([x, y]) and "rise > 0.1 only" in sweep_markdown([x, y])
 
 
+def test_the_pages_words_about_the_norms_hold(runs):
+    """The exercise page's prose, against these runs: clip 1.0 is 'about three times the
+    ordinary norm' of Run B and 'a little above Run A's usual norm'; Run A 'clips most of its
+    ordinary steps'."""
+    from minitrain.reports.measure import summarise
+
+    a, b = (summarise(runs[n], 1200) for n in ("19-control", "19-break-no-clip"))
+    assert 2.5 <= 1.0 / b["baseline_median"] <= 3.5
+    assert 1.0 < 1.0 / a["baseline_median"] < 1.5
+    assert a["clipped_steps_before"] > 0.5
+
+
 def test_diagnose_names_step_batch_piece_and_word(runs):
     from minitrain.reports.diagnose import diagnose
 

@@ -196,6 +196,7 @@ def test_exercise_page_reading_matches_its_sweep_block():
         assert rows[c]["rise > 0.1"] == "0" and _num(rows[c]["clipped ordinary steps"]) >= 0.8
     far = rows["clip 3.0"]
     assert _num(far["clipped ordinary steps"]) < 0.05 and _num(far["ordinary norm"]) < 0.4
+    assert 8 <= 3.0 / _num(far["ordinary norm"]) <= 11  # "about nine times the ordinary norm"
     assert int(far["rise > 0.1"]) >= 0.8 * n["clip 3.0"]
     adaptive = rows["adaptive z=2.5"]
     assert int(adaptive["rise > 0.1"]) >= 0.9 * n["adaptive z=2.5"]
