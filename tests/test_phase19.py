@@ -180,6 +180,18 @@ def test_diagnose_names_step_batch_piece_and_word(runs):
     assert all(s["step"] != 1200 for s in seen["spikes"])
 
 
+def test_diagnose_names_the_cause_of_each_run(runs):
+    """Run B: the rare batch with no clip; the control, the guarded run and the 'seen from the
+    start' ablation: healthy (from the logs; the test in test_catalogue swaps configs)."""
+    from minitrain.exercises.causes import diagnose
+
+    named = {name: diagnose(run.path)["cause"] for name, run in runs.items()}
+    assert named["19-break-no-clip"]["name"] == "no-clip-rare-batch"
+    assert "step 1200" in named["19-break-no-clip"]["evidence"][0]
+    for name in ("19-control", "19-clip-at-arrival", "19-ablate-seen"):
+        assert named[name]["name"] == "healthy", (name, named[name])
+
+
 def test_postmortem_fills_the_measured_placeholders(runs):
     from minitrain.reports.diagnose import diagnose
     from minitrain.reports.postmortem import postmortem
