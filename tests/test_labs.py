@@ -218,3 +218,30 @@ def test_old_run_directory_without_the_new_keys_still_loads(toy_runs, tmp_path):
     del cfg["model"]["init_gain"]
     (dst / "config.resolved.yaml").write_text(yaml.safe_dump(cfg))
     assert load_run(dst).config["model"]["kind"] == "embed-linear"
+
+
+def test_the_numerics_reading_follows_its_numbers():
+    """The numerics page's words are generated from its table: the outcome is named from the
+    rises (against the same 0.1 as every table), a dropped arrival batch is said."""
+    from types import SimpleNamespace
+
+    from minitrain.labs.numerics import machine, reading
+
+    def row(rise, skipped="-", status="completed"):
+        n = 0 if skipped == "-" else len(skipped.split(", "))
+        return {"run": "r", "status": status, "whole-set rise": rise, "at steps": skipped,
+                "steps skipped (overflow)": n}
+
+    rows = {(False, "float32"): row(0.9), (False, "bfloat16"): row(0.85),
+            (False, "float16"): row(0.02, "400, 1200"), (True, "float32"): row(-0.02),
+            (True, "float16"): row(0.3, "10", status="diverged")}
+    runs = {k: SimpleNamespace(config={"data": {"arrive_step": 1200}}) for k in rows}
+    lines = reading(runs, rows)
+    assert lines[0] == "bf16 without the clip: whole-set rise 0.85 against fp32's 0.9: the " \
+        "same outcome."
+    assert "a different outcome; the arrival's own batch was one of the dropped steps" in \
+        lines[1]
+    assert lines[2].endswith("(10); whole-set rise 0.3 against fp32's -0.02: a different "
+                             "outcome.")
+    assert lines[-1] == "Diverged: r."
+    assert machine().startswith("Machine: ") and "CPU capability" in machine()

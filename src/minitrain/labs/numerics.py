@@ -10,9 +10,10 @@ import numpy as np
 
 from minitrain.core.rundir import Run
 from minitrain.labs.common import Runs, clip_label, publish
-from minitrain.reports.measure import norm_ratios, whole_set_around
+from minitrain.reports.measure import MIN_RISE, norm_ratios, whole_set_around
+from minitrain.reports.pages import update_page
 
-NAME, FOLDER, BLOCKS = "numerics", "numerics", ("numerics",)
+NAME, FOLDER, BLOCKS = "numerics", "numerics", ("numerics", "numerics-reading")
 RUNS = Runs("corpus", "gpt", differ=("train.dtype",))
 
 
@@ -42,15 +43,76 @@ def measure(run: Run, fp32: Run) -> dict:
     }
 
 
+FLAGS = ("f16c", "avx2", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
+
+
+def machine() -> str:
+    """The CPU the report ran on, as far as reduced precision cares: the low-precision
+    matmuls' kernels are picked by the instruction sets torch detects, and fp16's narrow range
+    turns their different roundings into different overflow steps."""
+    import platform
+
+    import torch
+
+    try:
+        info = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        info = ""
+    model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines()
+                  if ln.startswith("model name")), platform.processor() or "unknown")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in info.splitlines()
+                      if ln.startswith("flags")), []))
+    has = ", ".join(f for f in FLAGS if f in flags) or "none of them"
+    return (f"Machine: {model}, torch {torch.__version__}, CPU capability "
+            f"{torch.backends.cpu.get_cpu_capability()}; of {', '.join(FLAGS)} it has: {has}.")
+
+
+def reading(runs: dict, rows: dict) -> list[str]:
+    """What the table says, from its numbers (one seed: a change, not a law)."""
+    out = []
+
+    def rise(key):
+        return rows[key]["whole-set rise"] if key in rows else None
+
+    for clipped in (False, True):
+        f32, b16, f16 = (rise((clipped, d)) for d in ("float32", "bfloat16", "float16"))
+        label = "with the clip" if clipped else "without the clip"
+        if f32 is not None and b16 is not None:
+            same = (f32 > MIN_RISE) == (b16 > MIN_RISE)
+            out.append(f"bf16 {label}: whole-set rise {b16:.3g} against fp32's {f32:.3g}: "
+                       + ("the same outcome." if same else "a different outcome."))
+        if f32 is not None and (clipped, "float16") in rows:
+            r = rows[clipped, "float16"]
+            arrival = runs[clipped, "float16"].config["data"]["arrive_step"]
+            skipped = [int(x) for x in str(r["at steps"]).split(", ") if x.isdigit()]
+            line = (f"fp16 {label}: {r['steps skipped (overflow)']} steps dropped as overflows"
+                    f" ({r['at steps']}); whole-set rise "
+                    f"{'n/a' if f16 is None else format(f16, '.3g')} against fp32's {f32:.3g}")
+            if f16 is not None:
+                same = (f16 > MIN_RISE) == (f32 > MIN_RISE)
+                line += ": the same outcome" if same else ": a different outcome"
+            if arrival in skipped:
+                line += "; the arrival's own batch was one of the dropped steps"
+            out.append(line + ".")
+    diverged = [r["run"] for r in rows.values() if r["status"] == "diverged"]
+    out.append("Diverged: " + (", ".join(diverged) if diverged else "none") + ".")
+    return out
+
+
 def report(folder: str | Path, page: str | Path | None = None) -> dict:
     runs = {_key(r): r for r in RUNS.load(folder, NAME)}
-    rows = []
+    rows = {}
     for clipped in (False, True):
         fp32 = runs.get((clipped, "float32"))
         for dtype in ("float32", "bfloat16", "float16"):
             if fp32 is not None and (clipped, dtype) in runs:
-                rows.append(measure(runs[clipped, dtype], fp32))
-    text = publish(rows, "Each low-precision run against the fp32 run with the same clip; the "
-                   "forward pass only is in low precision (weights, gradients and Adam's moments "
-                   "stay fp32).", "numerics", page)
-    return {"blocks": {"numerics": text}, "measured": rows}
+                rows[clipped, dtype] = measure(runs[clipped, dtype], fp32)
+    text = publish(list(rows.values()), "Each low-precision run against the fp32 run with the "
+                   "same clip; the forward pass only is in low precision (weights, gradients "
+                   f"and Adam's moments stay fp32). {machine()}", "numerics", page)
+    read = "\n".join(f"- {line}" for line in reading(runs, rows)) + "\n"
+    if page:
+        update_page(page, "numerics-reading", read)
+    print(read)
+    return {"blocks": {"numerics": text, "numerics-reading": read},
+            "measured": list(rows.values())}
