@@ -160,6 +160,11 @@ lab-capacity:
     {{python}} -m minitrain report capacity experiments/capacity/runs \
       --page experiments/capacity/README.md
 
+# the handout's own setup (random batches of 8) over 20 seeds, clip off and on; fills its page block
+phase-19-handout-sweep *args:
+    {{python}} -m minitrain sweep experiments/19-handout-sweep/sweep.yaml \
+      --page experiments/19-break-no-clip/README.md {{args}}
+
 # train one exercise of the break/fix catalogue (control, break, fix) and fill its page; all: every one
 exercise name="all":
     {{python}} -m minitrain exercise run {{name}}

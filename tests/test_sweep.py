@@ -237,3 +237,25 @@ def test_exercise_page_reading_matches_its_guard_block():
 def test_every_shipped_sweep_spec_validates(spec):
     """Every run a shipped spec would start has a valid config (load_spec checks them all)."""
     assert sweep.load_spec(spec).runs()
+
+
+def test_the_handout_sweep_block_reads_its_own_table():
+    """The handout's setup over 20 seeds (just phase-19-handout-sweep): the page's reading is
+    generated with its table, and says the same counts."""
+    from minitrain.exercises.handout_batches import markdown
+    from minitrain.reports.pages import blocks
+
+    page = ROOT / "experiments/19-break-no-clip/README.md"
+    assert "handout-sweep" in blocks(page)
+    src = page.read_text(encoding="utf-8")
+    block = src.split("<!-- measured:handout-sweep -->")[1].split("<!-- /measured:")[0]
+    for row in [ln for ln in block.splitlines() if ln.startswith("| ")][1:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        cell, runs, several, spiked, nan = (cells[i] for i in (0, 1, 2, 6, 8))
+        assert f"{cell}: {several} of {runs} runs ever drew" in block
+        assert f"{spiked} spiked at its rarest batch, {nan} ended in NaN" in block
+    fake = [{"cell": "c", "status": "completed", "most_rare": 3, "at_step": 9,
+             "batches_with_several": 1, "ratio": 40.0, "spiked_there": True, "spikes": 1,
+             "diverged": True}]
+    assert "1 of the runs spiked at their rarest batch, 1 of them ended in NaN" in \
+        markdown(fake)

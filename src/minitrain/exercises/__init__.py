@@ -11,5 +11,5 @@ from __future__ import annotations
 from importlib import import_module
 
 EXERCISES = {ex.NAME: ex for ex in (import_module(f"minitrain.exercises.{name}") for name in (
-    "phase19",
+    "phase19", "handout_batches",
 ))}
