@@ -209,7 +209,7 @@ def test_the_catalogue_page_lists_the_registry():
     assert n >= 3 * (len(catalogue.BREAKS) + 1) and right == n
 
 
-@pytest.mark.parametrize("name", ["theory-02", "stability-check"])
+@pytest.mark.parametrize("name", ["phase-19", "theory-02", "stability-check"])
 def test_the_theory_quizzes_are_what_the_code_computes(name):
     from minitrain.exercises import quiz
 

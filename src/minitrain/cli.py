@@ -89,7 +89,7 @@ def _parser() -> argparse.ArgumentParser:
     er.add_argument("--force", action="store_true",
                     help="train again runs already there with the same config")
     eq = esub.add_parser("quiz", help="the exercise's check-yourself questions, in the terminal")
-    eq.add_argument("name", help="an exercise, or theory-02 / stability-check")
+    eq.add_argument("name", help="an exercise or a theory page (minitrain.exercises.quiz)")
     eq.add_argument("--page", action="store_true",
                     help="do not ask: fill the page's quiz block with the answers")
     eb = esub.add_parser("blind", help="train breaks into shuffled numbered folders")

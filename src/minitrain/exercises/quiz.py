@@ -119,6 +119,22 @@ QUIZZES: dict[str, list[Question]] = {
                  lambda a: f"{a:.3g}: past step 130 the cosine is at its floor, 0, and every "
                  "update is lr x (Adam's direction) = 0.", tol=0.0),
     ],
+    "phase-19": [
+        Question("Run A's clip is 1.0. A spike's pre-clip norm is 4.0: by what factor is that "
+                 "step's gradient scaled?",
+                 lambda: clip_factor(4.0, 1.0),
+                 lambda a: f"min(1, 1.0 / 4.0) = {a:g} (core/guards.py, the rule loop.py "
+                 "writes out): the moments see a quarter of the spike."),
+        Question("The same spike under a clip of 3.0?", lambda: clip_factor(4.0, 3.0),
+                 lambda a: f"min(1, 3.0 / 4.0) = {a:g}: three quarters of the spike gets "
+                 "through, which is why a clip far above the ordinary norm contains little."),
+        Question("Whatever the gradients, how far can one weight move at update 1200 with "
+                 "Run B's lr 0.006 and betas (0.9, 0.998)?",
+                 lambda: optim.update_bound(OptimizerConfig(lr=0.006, betas=[0.9, 0.998]),
+                                            1200, 0.006),
+                 lambda a: f"{a:.3g} (core/optim.py, update_bound): the clip does not enter "
+                 "it, since Adam's step does not depend on the gradient's scale."),
+    ],
     "theory-02": [
         Question("The global norm of a step's gradient is 3.5 and grad_clip is 1.0: by what "
                  "factor is every gradient scaled?", lambda: clip_factor(3.5, 1.0),
@@ -140,13 +156,14 @@ QUIZZES: dict[str, list[Question]] = {
                  lambda: _suggested([i / 100 for i in range(1, 101)]),
                  lambda a: f"{a:.4g} (reports/measure.py, suggest_clip, on those norms): a "
                  "threshold most ordinary steps stay under, so it acts on outliers only."),
-        Question("A spike's pre-clip norm is 12 times an ordinary norm of 0.33; the clip is "
+        Question("A spike's pre-clip norm is 12 times an ordinary norm of 0.3; the clip is "
                  "1.0. What fraction of the spike's gradient reaches the moments?",
-                 lambda: clip_factor(12 * 0.33, 1.0),
-                 lambda a: f"min(1, 1.0 / (12 x 0.33)) = {a:.3g} (core/guards.py)."),
+                 lambda: clip_factor(12 * 0.3, 1.0),
+                 lambda a: f"min(1, 1.0 / (12 x 0.3)) = {a:.3g} (core/guards.py)."),
     ],
 }
-PAGES = {"theory-02": "theory/02-optimizer-and-schedule.md",
+PAGES = {"phase-19": "experiments/19-break-no-clip/README.md",
+         "theory-02": "theory/02-optimizer-and-schedule.md",
          "stability-check": "theory/stability-check.md"}  # else experiments/NAME/README.md
 
 
