@@ -227,3 +227,13 @@ def test_the_quiz_asks_checks_and_works_the_answer():
     assert r.stdout.strip().endswith("quiz theory-02: 1/3 (1 not answered)")
     assert right == pytest.approx(1 / 3.5) and quiz.QUIZZES["theory-02"][2].answer() == \
         pytest.approx(5 * 0.9 ** 10)  # the code agrees with the algebra on the page
+
+
+def test_a_synthetic_run_is_not_judged_and_writes_no_text(tmp_path):
+    out = tmp_path / "toy"
+    r = _cli("train", "experiments/toy-rare-samples/config.yaml", "--out", str(out), "--quiet",
+             "--set", "train.steps=20")
+    assert r.returncode == 0, r.stderr
+    assert diagnose(out)["cause"]["name"] == "not judged"
+    r = _cli("sample", str(out))
+    assert r.returncode == 2 and "only a GPT writes text" in r.stderr

@@ -63,7 +63,7 @@ def final_model(path: str | Path) -> tuple[torch.nn.Module, int]:
     run = rundir.load_run(path)
     cfg = from_dict(run.config, str(path / rundir.CONFIG))
     if cfg.model.kind != "gpt":
-        raise rundir.RunDirError(f"{path}: a {cfg.model.kind} run; only a GPT writes text")
+        raise rundir.RunDirError(f"{path}: model.kind {cfg.model.kind}: only a GPT writes text")
     vocab = run.summary.get("vocab_size") or run.tokenizer().vocab_size
     model = zoo.build(cfg.model, vocab, vocab)
     state = checkpoint.read(path)

@@ -39,6 +39,7 @@ def symptoms(run: Run, spikes: list[dict]) -> dict:
                                                                    {}).values())]
     return {
         "steps": len(run.metrics),
+        "text": not run.summary.get("vocab"),  # a GPT on text: what the cause rules read
         "diverged": run.summary.get("status") == "diverged",
         "vocab": vocab,
         "ln_vocab": math.log(vocab) if vocab else None,

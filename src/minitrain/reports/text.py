@@ -55,8 +55,8 @@ def sample(path: str | Path, prompt: str = "", tokens: int = 40, temperature: fl
         raise RunDirError("sample: --tokens and --n must be at least 1, --temperature >= 0")
     path = Path(path)
     run = rundir.load_run(path)
+    model, step = restore.final_model(path)  # first: it refuses a run that writes no text
     tok = run.tokenizer()
-    model, step = restore.final_model(path)
     known = set(training_sentences(run).values()) if \
         (path / rundir.TOKEN_LOSSES).is_file() else set()
     gen = torch.Generator().manual_seed(seed)
