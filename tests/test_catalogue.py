@@ -162,8 +162,14 @@ def _block(page, key):
 CLAIMS = {
     "bad-init": lambda t: (_num(t["step-0 batch loss (ln V: uniform guess)"]["break"]) >
                            2 * _num(t["ln V"]["break"]) and
-                           _num(t["steps clipped"]["break"]) > 0.95),
+                           _num(t["steps clipped"]["break"]) > 0.95 and
+                           abs(_num(t["weight norm at the end"]["break"]) /
+                               _num(t["weight norm at step 0"]["break"]) - 1) < 0.1 and
+                           t["lr at step 0"]["break"] == t["lr at step 0"]["control"] and
+                           t["peak lr"]["break"] == t["peak lr"]["control"]),
     "no-warmup": lambda t: (t["lr at step 0"]["break"] == t["peak lr"]["break"] and
+                            abs(_num(t["largest single-weight change at step 0"]["break"]) /
+                                _num(t["lr at step 0"]["break"]) - 1) < 0.05 and
                             _num(t["lr at step 0"]["fix"]) < _num(t["peak lr"]["fix"]) and
                             _num(t["lr at step 0"]["control"]) < _num(t["peak lr"]["control"])),
     "causal-leak": lambda t: (_num(t["lowest whole-set train loss"]["break"]) <
@@ -175,8 +181,11 @@ CLAIMS = {
                               _num(t["median pre-clip gradient norm"]["break"]) <
                               _num(t["median pre-clip gradient norm"]["control"]) and
                               _num(t["lr at step 0"]["break"]) < 0.1 *
-                              _num(t["peak lr"]["break"])),
+                              _num(t["peak lr"]["break"]) and
+                              t["lr under 1% of peak from step"]["break"] == "never"),
     "lr-schedule": lambda t: (int(t["lr under 1% of peak from step"]["break"]) < 650 and
+                              0.5 < _num(t["median pre-clip gradient norm"]["break"]) /
+                              _num(t["median pre-clip gradient norm"]["control"]) < 2 and
                               _num(t["median update norm over the last third"]["break"]) == 0
                               and _num(t["whole-set train loss at the end"]["fix"]) <
                               _num(t["whole-set train loss at the end"]["break"])),
@@ -197,6 +206,11 @@ def test_each_page_says_what_its_runs_measured(name):
     assert causes == {role: (name if role == "break" else "healthy")
                       for role in catalogue.configs(ROOT, name)}
     assert CLAIMS[name](_table(_block(page, "runs")))
+    eos = dict(re.findall(r"\*\*(\w+)\*\* \(checkpoint.*?samples (\d+)% end with EOS",
+                          _block(page, "samples")))
+    assert set(eos) == set(causes)
+    if name == "causal-leak":  # "garbage that never ends"
+        assert int(eos["break"]) < 20 <= int(eos["control"])
 
 
 def test_the_catalogue_page_lists_the_registry():
