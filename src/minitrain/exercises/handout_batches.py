@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minitrain.core import config as config_mod
 from minitrain.core import rundir
+from minitrain.exercises import phase19
 from minitrain.labs.common import Runs
 from minitrain.reports import pages
 from minitrain.reports.measure import detect, judged_from, norm_ratios, thresholds
@@ -32,22 +32,6 @@ def run_row(run: rundir.Run) -> dict:
             "at_step": step, "batches_with_several": int((words >= SEVERAL).sum()),
             "ratio": float(ratio), "spiked_there": any(abs(e["step"] - step) <= 2 for e in events),
             "spikes": len(events), "diverged": run.summary["status"] == "diverged"}
-
-
-def collect(spec) -> list[dict]:
-    rows = []
-    for label, overrides, path in spec.runs():
-        seed = config_mod.load(spec.base, overrides).seed
-        try:
-            run = rundir.load_run(path)
-        except rundir.RunDirError:
-            rows.append({"cell": label, "seed": seed, "status": "missing"})
-            continue
-        why = RUNS.refusal([run])
-        if why:
-            raise rundir.RunDirError(f"{spec.path}: not runs the {NAME} table reads: {why}")
-        rows.append({"cell": label, "seed": seed, **run_row(run)})
-    return rows
 
 
 def markdown(rows: list[dict]) -> str:
@@ -81,7 +65,7 @@ def markdown(rows: list[dict]) -> str:
 
 
 def report(spec, page=()) -> dict:
-    rows = collect(spec)
+    rows = phase19.collect(spec, run_row, RUNS, NAME)
     text = markdown(rows)
     where = Path(spec.path).parent
     (where / "summary.md").write_text(text, encoding="utf-8")

@@ -78,8 +78,9 @@ COLUMNS = ["cell", "seed", "status", "spiked", "spiked_later", "diverged", "ordi
            "skipped_steps"]
 
 
-def collect(spec) -> list[dict]:
-    """One row per run of the sweep `spec`; a run not there yet is "missing"."""
+def collect(spec, row=run_row, reads: Runs = RUNS, name: str = NAME) -> list[dict]:
+    """One row per run of the sweep `spec` (`row(run)`, for runs `reads` accepts); a run not
+    there yet is "missing". The handout sweep's table reads its runs through it too."""
     rows = []
     for label, overrides, path in spec.runs():
         seed = config_mod.load(spec.base, overrides).seed
@@ -88,10 +89,10 @@ def collect(spec) -> list[dict]:
         except rundir.RunDirError:  # not trained yet
             rows.append({"cell": label, "seed": seed, "status": "missing"})
             continue
-        why = RUNS.refusal([run])
+        why = reads.refusal([run])
         if why:
-            raise rundir.RunDirError(f"{spec.path}: not runs the {NAME} table reads: {why}")
-        rows.append({"cell": label, "seed": seed, **run_row(run)})
+            raise rundir.RunDirError(f"{spec.path}: not runs the {name} table reads: {why}")
+        rows.append({"cell": label, "seed": seed, **row(run)})
     return rows
 
 
