@@ -20,7 +20,7 @@ from minitrain.core import rundir
 from minitrain.exercises import catalogue
 from minitrain.exercises.causes import CAUSES, diagnose
 from minitrain.reports import text
-from minitrain.reports.pages import blocks
+from minitrain.reports.pages import block_text, blocks, table_rows
 from minitrain.tools import exercise
 
 SEEDS = (0, 1, 2)
@@ -138,24 +138,8 @@ def test_sample_reads_the_checkpoint(rounds):
     assert r.returncode == 2 and "--tokens" in r.stderr
 
 
-def _table(block: str) -> dict[str, dict[str, str]]:
-    """A measured runs table: row label -> {role: cell}."""
-    lines = [ln for ln in block.splitlines() if ln.startswith("|")]
-    roles = [c.strip() for c in lines[0].strip("|").split("|")][1:]
-    out = {}
-    for ln in lines[2:]:
-        cells = [c.strip() for c in ln.strip("|").split("|")]
-        out[cells[0]] = dict(zip(roles, cells[1:]))
-    return out
-
-
 def _num(cell: str) -> float:
     return float(cell.rstrip("%")) / (100 if cell.endswith("%") else 1)
-
-
-def _block(page, key):
-    src = page.read_text(encoding="utf-8")
-    return src.split(f"<!-- measured:{key} -->", 1)[1].split(f"<!-- /measured:{key} -->")[0]
 
 
 # what each page's words claim about its runs, checked against its own measured table
@@ -201,13 +185,13 @@ def test_each_page_says_what_its_runs_measured(name):
 
     page = catalogue.folder(ROOT, name) / "README.md"
     assert set(sheet.BLOCKS) <= blocks(page)
-    assert _block(page, "quiz").strip() == quiz.block(name).strip()
-    causes = dict(re.findall(r"- \*\*(\w+)\*\*: `([\w-]+)`", _block(page, "cause")))
+    assert block_text(page, "quiz").strip() == quiz.block(name).strip()
+    causes = dict(re.findall(r"- \*\*(\w+)\*\*: `([\w-]+)`", block_text(page, "cause")))
     assert causes == {role: (name if role == "break" else "healthy")
                       for role in catalogue.configs(ROOT, name)}
-    assert CLAIMS[name](_table(_block(page, "runs")))
+    assert CLAIMS[name](table_rows(block_text(page, "runs")))
     eos = dict(re.findall(r"\*\*(\w+)\*\* \(checkpoint.*?samples (\d+)% end with EOS",
-                          _block(page, "samples")))
+                          block_text(page, "samples")))
     assert set(eos) == set(causes)
     if name == "causal-leak":  # "garbage that never ends"
         assert int(eos["break"]) < 20 <= int(eos["control"])
@@ -218,7 +202,7 @@ def test_the_catalogue_page_lists_the_registry():
     listed = re.findall(r"^\| `([\w-]+)` \| [^|]+ \| `experiments/([\w-]+)/README.md` \|$",
                         page, re.M)
     assert [a for a, _ in listed] == list(catalogue.BREAKS) == [b for _, b in listed]
-    rounds = _block(ROOT / "experiments/break-it/README.md", "rounds")
+    rounds = block_text(ROOT / "experiments/break-it/README.md", "rounds")
     right, n = map(int, re.search(r"named (\d+) of (\d+) runs right", rounds).groups())
     assert n >= 3 * (len(catalogue.BREAKS) + 1) and right == n
 
@@ -227,7 +211,7 @@ def test_the_catalogue_page_lists_the_registry():
 def test_the_theory_quizzes_are_what_the_code_computes(name):
     from minitrain.exercises import quiz
 
-    assert _block(quiz.page(ROOT, name), "quiz").strip() == quiz.block(name).strip()
+    assert block_text(quiz.page(ROOT, name), "quiz").strip() == quiz.block(name).strip()
 
 
 def test_the_quiz_asks_checks_and_works_the_answer():

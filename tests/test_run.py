@@ -166,9 +166,9 @@ def test_an_error_in_the_loop_leaves_the_run_failed(tmp_path, monkeypatch):
     assert run.summary["status"] == "failed" and run.summary["steps_completed"] == 5
     assert run.summary["error"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
     assert [m["step"] for m in run.metrics] == [0, 1, 2, 3, 4]
-    from minitrain.tools.sweep import _done
+    from minitrain.tools.sweep import done_before
 
-    assert not _done(run.path, config.load("experiments/19-control/config.yaml", TINY))
+    assert not done_before(run.path, config.load("experiments/19-control/config.yaml", TINY))
 
 
 def test_ctrl_c_ends_interrupted_with_files_consistent(tmp_path):

@@ -168,15 +168,9 @@ def test_shipped_sweep_validates():
 
 
 def _sweep_block(page, name="sweep"):
-    text = page.read_text(encoding="utf-8")
-    block = text.split(f"<!-- measured:{name} -->")[1].split(f"<!-- /measured:{name} -->")[0]
-    lines = [ln for ln in block.strip().splitlines() if ln.startswith("|")]
-    head = [c.strip() for c in lines[0].strip("|").split("|")]
-    rows = {}
-    for ln in lines[2:]:
-        cells = [c.strip() for c in ln.strip("|").split("|")]
-        rows[cells[0]] = dict(zip(head, cells))
-    return rows
+    from minitrain.reports.pages import block_text, table_rows
+
+    return table_rows(block_text(page, name))
 
 
 def _num(cell):
@@ -243,15 +237,13 @@ def test_the_handout_sweep_block_reads_its_own_table():
     """The handout's setup over 20 seeds (just phase-19-handout-sweep): the page's reading is
     generated with its table, and says the same counts."""
     from minitrain.exercises.handout_batches import markdown
-    from minitrain.reports.pages import blocks
+    from minitrain.reports.pages import block_text, blocks, table_rows
 
     page = ROOT / "experiments/19-break-no-clip/README.md"
     assert "handout-sweep" in blocks(page)
-    src = page.read_text(encoding="utf-8")
-    block = src.split("<!-- measured:handout-sweep -->")[1].split("<!-- /measured:")[0]
-    for row in [ln for ln in block.splitlines() if ln.startswith("| ")][1:]:
-        cells = [c.strip() for c in row.strip("|").split("|")]
-        cell, runs, several, spiked, nan = (cells[i] for i in (0, 1, 2, 6, 8))
+    block = block_text(page, "handout-sweep")
+    for row in table_rows(block).values():
+        cell, runs, several, spiked, nan = (list(row.values())[i] for i in (0, 1, 2, 6, 8))
         assert f"{cell}: {several} of {runs} runs ever drew" in block
         assert f"{spiked} spiked at its rarest batch, {nan} ended in NaN" in block
     fake = [{"cell": "c", "status": "completed", "most_rare": 3, "at_step": 9,

@@ -293,39 +293,13 @@ class Config:
 
 def load(path: str | Path, overrides: list[str] = ()) -> Config:
     """Read a YAML config, apply `key=value` overrides, validate. Raises ConfigError."""
+    from minitrain.core import configfile  # the file side: YAML, `base:`, overrides
+
     path = Path(path)
-    raw = _read(path)
+    raw = configfile.read(path)
     for item in overrides:
-        _apply_override(raw, item, path)
+        configfile.apply_override(raw, item, path)
     return from_dict(raw, source=str(path))
-
-
-def _read(path: Path, depth: int = 0) -> dict:
-    """A config file's mapping; `base: FILE` (relative to it) supplies every key it leaves out."""
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such config file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError(f"{path}: cannot read: {e}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
-    if "base" not in raw:
-        return raw
-    base = raw.pop("base")
-    if not isinstance(base, str) or depth > 4:
-        raise ConfigError(f"{path}: base: expected one config file's path (at most 5 deep)")
-    merged = _read(path.parent / base, depth + 1)
-    for key, value in raw.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key].update(value)
-        else:
-            merged[key] = value
-    return merged
 
 
 def from_dict(raw: dict, source: str = "<config>") -> Config:
@@ -337,23 +311,6 @@ def from_dict(raw: dict, source: str = "<config>") -> Config:
         return typed.build(Config, raw, "", where)  # each section checks itself as it is built
     except InvalidValue as e:
         raise ConfigError(f"{source}: {e}") from None
-
-
-def _apply_override(raw: dict, item: str, path: Path) -> None:
-    key, sep, text = item.partition("=")
-    if not sep or not key:
-        raise ConfigError(f"{path}: override {item!r}: expected key=value")
-    try:
-        value = yaml.safe_load(text) if text.strip() else None
-    except yaml.YAMLError:
-        value = text
-    node = raw
-    parts = key.split(".")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"{path}: override {key!r}: {part!r} is not a section")
-    node[parts[-1]] = value
 
 
 def dump(cfg: Config) -> str:

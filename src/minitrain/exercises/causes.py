@@ -139,7 +139,8 @@ def name_cause(facts: dict) -> dict:
 def diagnose(path: str | Path, **overrides) -> dict:
     """`minitrain diagnose`: the run's spikes (reports/diagnose.py), its symptoms and the
     cause they name."""
-    result = diagnose_mod.diagnose(path, **overrides)
-    result["symptoms"] = symptoms(load_run(path), result["spikes"])
+    run = load_run(path)  # once: its token log serves the spikes and the symptoms
+    result = diagnose_mod.diagnose(run, **overrides)
+    result["symptoms"] = symptoms(run, result["spikes"])
     result["cause"] = name_cause(result["symptoms"])
     return result

@@ -111,14 +111,7 @@ def read_sweep(folder: Path, page: Path | None) -> tuple[dict | None, str]:
         rows = {r["cell"]: r for r in csv.DictReader(csv_path.open(encoding="utf-8"))}
         return rows.get(SWEEP_CELL), f"`experiments/{folder.name}/summary.csv`"
     if page is not None and "sweep" in pages.blocks(page):
-        text = page.read_text(encoding="utf-8")
-        block = text.split("<!-- measured:sweep -->")[1].split("<!-- /measured:sweep -->")[0]
-        lines = [ln for ln in block.strip().splitlines() if ln.startswith("|")]
-        head = [c.strip() for c in lines[0].strip("|").split("|")]
-        rows = {}
-        for ln in lines[2:]:
-            cells = [c.strip() for c in ln.strip("|").split("|")]
-            rows[cells[0]] = dict(zip(head, cells))
+        rows = pages.table_rows(pages.block_text(page, "sweep"))
         return rows.get(SWEEP_CELL), "the sweep block below"
     return None, "not measured yet: run `just phase-19-sweep`"
 

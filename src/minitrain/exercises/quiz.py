@@ -182,9 +182,8 @@ def block(name: str) -> str:
     return "\n".join(lines).rstrip()
 
 
-def right(q: Question, given: float) -> bool:
-    a = q.answer()
-    return math.isclose(given, a, rel_tol=q.tol, abs_tol=1e-12 if q.tol == 0 else 0.0)
+def right(answer: float, given: float, tol: float) -> bool:
+    return math.isclose(given, answer, rel_tol=tol, abs_tol=1e-12 if tol == 0 else 0.0)
 
 
 def ask(name: str, read: Callable[[str], str] = input, say: Callable[[str], None] = print
@@ -199,13 +198,14 @@ def ask(name: str, read: Callable[[str], str] = input, say: Callable[[str], None
             say("")
             break
         asked += 1
+        answer = q.answer()
         try:
-            ok = right(q, float(text))
+            ok = right(answer, float(text), q.tol)
         except ValueError:
             ok = False
             say(f"   (not a number: {text!r})")
         score += ok
-        say(f"   {'right' if ok else 'not quite'}: {q.worked(q.answer())}")
+        say(f"   {'right' if ok else 'not quite'}: {q.worked(answer)}")
     n = len(QUIZZES[name])
     say(f"\nquiz {name}: {score}/{n}" + ("" if asked == n else f" ({n - asked} not answered)"))
     return score, n

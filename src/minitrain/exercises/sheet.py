@@ -126,13 +126,13 @@ def rounds_block(root: Path, rounds: list[Path]) -> str:
     names = [*catalogue.BREAKS, "reference"]
     cells = {n: [] for n in names}
     signs = {n: [] for n in names}
-    for out in rounds:
-        mapping = {**sealed(out)["mapping"], REFERENCE: "healthy"}
-        for label, truth in mapping.items():
+    answers = [sealed(out) for out in rounds]
+    for out, answer in zip(rounds, answers):
+        for label, truth in {**answer["mapping"], REFERENCE: "healthy"}.items():
             d = diagnose(out / label)
             got = d["cause"]["name"]
             key = "reference" if label == REFERENCE else truth
-            cells[key].append((sealed(out)["seed"], got, got == truth))
+            cells[key].append((answer["seed"], got, got == truth))
             signs[key].append(causes.margins(d["symptoms"]))
     header = ["run", "truth", *(f"seed {s}" for s, _, _ in cells["reference"]), "named right"]
     rows = []
@@ -141,7 +141,7 @@ def rounds_block(root: Path, rounds: list[Path]) -> str:
         rows.append([n, f"`{truth}`", *(f"`{g}`" for _, g, _ in cells[n]),
                      f"{sum(ok for _, _, ok in cells[n])}/{len(cells[n])}"])
     steps = ", ".join(fmt(s, missing="each exercise's own")
-                      for s in {sealed(out)["steps"] for out in rounds})
+                      for s in {answer["steps"] for answer in answers})
     total = sum(ok for c in cells.values() for _, _, ok in c)
     n = sum(len(c) for c in cells.values())
     keys = list(causes.margins(None))

@@ -118,10 +118,10 @@ def describe(run: Run, event: dict, kind: str) -> dict:
     }
 
 
-def diagnose(path: str | Path, **overrides) -> dict:
-    """Spikes of the run at `path`, thresholds from its config unless overridden (window=,
-    z=, min_ratio=, merge=)."""
-    run = load_run(path)
+def diagnose(path: str | Path | Run, **overrides) -> dict:
+    """Spikes of the run at `path` (or of a loaded Run), thresholds from its config unless
+    overridden (window=, z=, min_ratio=, merge=)."""
+    run = path if isinstance(path, Run) else load_run(path)
     th = thresholds(run, **overrides)
     start = judged_from(run, th)
     spikes = []

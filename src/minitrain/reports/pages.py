@@ -66,3 +66,20 @@ def blocks(page: str | Path) -> set[str]:
     src = Path(page).read_text(encoding="utf-8")
     return {k for k in re.findall(r"<!-- measured:([^ ]+) -->", src)
             if f"<!-- /measured:{k} -->" in src}
+
+
+def block_text(page: str | Path, key: str) -> str:
+    """What a page's `<!-- measured:KEY -->` block holds now."""
+    src = Path(page).read_text(encoding="utf-8")
+    return src.split(f"<!-- measured:{key} -->", 1)[1].split(f"<!-- /measured:{key} -->")[0]
+
+
+def table_rows(text: str) -> dict[str, dict[str, str]]:
+    """The first Markdown table in `text`, read back: first cell -> {header: cell}."""
+    lines = [ln for ln in text.strip().splitlines() if ln.startswith("|")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = {}
+    for ln in lines[2:]:
+        cells = [c.strip() for c in ln.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(head, cells))
+    return rows

@@ -32,10 +32,10 @@ def _train(path: Path, out: Path, overrides: list[str], progress: bool = False,
            again: bool = True) -> dict:
     """Train one run; unless `again`, keep a completed run of the same config that is there."""
     from minitrain.core.train import train
-    from minitrain.tools.sweep import _done
+    from minitrain.tools.sweep import done_before
 
     cfg = config.load(path, overrides)
-    if not again and _done(out, cfg):
+    if not again and done_before(out, cfg):
         return {**rundir.load_run(out).summary, "kept": True}
     return train(cfg, out, progress=progress, replace=True)
 
@@ -106,10 +106,8 @@ def blind(root: Path, out: Path, seed: int, breaks: str | None = None,
 
 
 def _dashboards(out: Path, labels: list[str]) -> None:
-    try:
-        from minitrain.reports import dashboard
-    except ImportError:  # plotly missing: the logs are still all there
-        return
+    from minitrain.reports import dashboard
+
     for label in labels:
         dashboard.write([out / label], out / label / "dashboard.html", blind=True)
 

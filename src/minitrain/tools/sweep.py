@@ -147,7 +147,7 @@ def slug(label: str) -> str:
     return re.sub(r"[^a-z0-9.]+", "-", label.lower()).strip("-")
 
 
-def _done(out: Path, cfg) -> bool:
+def done_before(out: Path, cfg) -> bool:
     """A completed run of this config is already there (compared as values, so a run written
     before the config gained a key, which then reads as its default, still counts)."""
     try:
@@ -212,7 +212,7 @@ def run(spec: Spec, log=print, force: bool = False) -> dict[str, int]:
     counts by outcome."""
     runs = spec.runs()
     todo = [(ov, out) for _, ov, out in runs
-            if force or not _done(out, config_mod.load(spec.base, ov))]
+            if force or not done_before(out, config_mod.load(spec.base, ov))]
     counts = {"already done": len(runs) - len(todo)}
     log(f"{spec.path}: {len(runs)} runs, {counts['already done']} already done, "
         f"{len(todo)} to run on {spec.jobs} process{'es' * (spec.jobs > 1)}")
