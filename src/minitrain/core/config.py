@@ -55,6 +55,8 @@ class DataConfig(Section):
     vocab_size: int = 320  # BPE vocabulary, special tokens included
     batch_size: int = 8  # sentences per batch
     sampler: str = "random"  # see SAMPLERS and minitrain.core.data.Sampler
+    pack: bool = False  # corpus: rows are block_size-token windows of the joined sentences
+    # (minitrain.core.data.Packed), not one padded sentence each; the sampler picks windows
     tracked_words: list[str] = field(default_factory=lambda: ["written"])
     arrive_step: int = 0  # arrival samplers: the step the tracked sentences arrive
     arrive_gap: int = 25  # arrival-spread: steps between two arriving sentences
@@ -81,6 +83,13 @@ class DataConfig(Section):
             raise where("data.batch_size", "must be at least 1")
         if self.sampler not in SAMPLERS:
             raise where("data.sampler", f"must be one of {', '.join(SAMPLERS)}")
+        if self.pack and self.kind != "corpus":
+            raise where("data.pack", f"packs a corpus's sentences: data.kind {self.kind} "
+                        "cannot be packed")
+        if self.pack and self.sampler not in PACK_SAMPLERS:
+            raise where("data.pack", f"rows are windows of the token stream, and data.sampler "
+                        f"{self.sampler} places single sentences: use "
+                        f"{' or '.join(PACK_SAMPLERS)}")
         if self.arrive_step < 0:
             raise where("data.arrive_step", "must be >= 0")
         if self.arrive_gap < 1:
@@ -115,6 +124,7 @@ DATA_KINDS = ("corpus", "toy-tokens", "tabular", "mixture")
 SCHEDULES = ("seeded", "bandit")  # minitrain.core.mixer
 MODEL_KINDS = ("gpt", "embed-linear", "mlp")
 SAMPLERS = ("random", "shuffle", "spread", "arrival", "arrival-seen", "arrival-spread")
+PACK_SAMPLERS = ("random", "shuffle")  # the others place single (tracked) sentences
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""Sentences -> token ids -> batches: the seeded samplers and padded (B, T) tensors."""
+"""Sentences -> token ids -> batches: the seeded samplers, padded (B, T) tensors, and packed
+rows (`data.pack`: windows of one token stream)."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ IGNORE = -1  # target id of padding: left out of the loss
 
 @dataclass
 class Batch:
-    sentence_ids: list[int]
+    sentence_ids: list[int]  # packed: the distinct sentences touched, in order of first sight
     x: torch.Tensor  # (B, T) input ids, padded with PAD
     y: torch.Tensor  # (B, T) next-token targets, IGNORE at padding
+    sentence: torch.Tensor | None = None  # packed: (B, T) sentence id of each target token
+    spans: list[list[list[int]]] | None = None  # packed: per row [sentence_id, start, end)
 
     def to(self, device: torch.device) -> Batch:
-        return Batch(self.sentence_ids, self.x.to(device), self.y.to(device))
+        sentence = None if self.sentence is None else self.sentence.to(device)
+        return Batch(self.sentence_ids, self.x.to(device), self.y.to(device), sentence,
+                     self.spans)
 
 
 def encode_corpus(tok: Tokenizer, sentences: list[str], block_size: int,
@@ -43,6 +48,47 @@ def make_batch(encoded: list[list[int]], ids: list[int], pad_id: int) -> Batch:
         x[row, : len(seq) - 1] = seq[:-1]
         y[row, : len(seq) - 1] = seq[1:]
     return Batch(list(ids), x, y)
+
+
+class Packed:
+    """The sentences (each BOS ... EOS) joined in order into one token stream, cut into
+    consecutive windows of block_size + 1 tokens: row k is x = window[:-1], y = window[1:].
+
+    As in GPT-2's training a row may span a sentence boundary: no position is padding, and the
+    EOS/BOS pair marks the boundary; attention stays within the row (rows are independent),
+    so a row's start sees no context, even mid-sentence. The stream's tail shorter than a
+    window is dropped (`tokens_dropped`), as is the transition between two windows (the last
+    token of one is not the first input of the next)."""
+
+    def __init__(self, encoded: list[list[int]], block_size: int):
+        W = block_size + 1
+        stream = torch.tensor([t for ids in encoded for t in ids], dtype=torch.long)
+        owner = torch.repeat_interleave(torch.arange(len(encoded)),
+                                        torch.tensor([len(ids) for ids in encoded]))
+        self.n = len(stream) // W  # windows
+        self.tokens_dropped = len(stream) - self.n * W
+        self.windows = stream[: self.n * W].view(self.n, W)
+        self.owner = owner[: self.n * W].view(self.n, W)  # sentence id of each token
+
+    def batch(self, ids: list[int]) -> Batch:
+        index = torch.tensor(ids, dtype=torch.long)
+        w = self.windows[index]
+        x, y = w[:, :-1].contiguous(), w[:, 1:].contiguous()
+        sentence = self.owner[index, 1:]  # a position's sentence: its target token's
+        spans = [_runs(row) for row in sentence.tolist()]
+        touched = dict.fromkeys(s for row in spans for s, _, _ in row)
+        return Batch(list(touched), x, y, sentence, spans)
+
+
+def _runs(row: list[int]) -> list[list[int]]:
+    """[value, start, end) of each run of equal values in `row`."""
+    out = []
+    for pos, s in enumerate(row):
+        if out and out[-1][0] == s:
+            out[-1][2] = pos + 1
+        else:
+            out.append([s, pos, pos + 1])
+    return out
 
 
 class Sampler:

@@ -12,7 +12,7 @@ import torch
 from minitrain.core import synthetic
 from minitrain.core.config import Config, ConfigError
 from minitrain.core.corpus import CorpusError, read_sentences, sentences_with
-from minitrain.core.data import Batch, Sampler, encode_corpus, make_batch
+from minitrain.core.data import Batch, Packed, Sampler, encode_corpus, make_batch
 from minitrain.core.mixer import MixtureSampler
 from minitrain.core.tokenizer import Tokenizer, exclusive_pieces
 
@@ -32,6 +32,7 @@ class Dataset:
     summary: dict = field(default_factory=dict)  # extra summary.json fields
     source_of: list[str] | None = None  # mixture: each training example's source name
     source_ids: list[list[int]] | None = None  # mixture: the example ids of each source
+    row_len: int = 0  # packed: the training rows' length (block_size); 0: as long as `full`'s
 
 
 VAL_EVERY = 10  # mixture: every 10th line of each source is held out (val_loss)
@@ -49,7 +50,8 @@ def sampler(cfg: Config, ds: Dataset):
         return MixtureSampler(ds.source_ids, list(dict.fromkeys(ds.source_of)), d.batch_size,
                               cfg.seed, d.schedule, d.phase_min, d.phase_max, d.lead_share,
                               d.bandit_gamma)
-    rare_ids = set().union(*ds.tracked.values()) if ds.tracked else set()
+    # packed, the ids are windows: the rare sentences are not among them (nor sampled apart)
+    rare_ids = set().union(*ds.tracked.values()) if ds.tracked and not d.pack else set()
     return Sampler(ds.n, d.batch_size, d.sampler, cfg.seed, rare_ids, d.arrive_step,
                    d.arrive_gap)
 
@@ -80,15 +82,29 @@ def _corpus(cfg: Config) -> Dataset:
     enc_val = encode_corpus(tok, val_sentences, cfg.model.block_size, d.val)
     tracked = {w: set(sentences_with(sentences, w)) for w in d.tracked_words}
     pieces_of = {w: exclusive_pieces(tok, sentences, w) for w in d.tracked_words}
+    n, batch, packed = len(enc), lambda ids: make_batch(enc, ids, tok.pad_id), {}
+    if d.pack:
+        rows = _packed(enc, cfg.model.block_size, d.train)
+        n, batch = rows.n, rows.batch
+        packed = {"packed": {"rows": rows.n, "tokens_dropped": rows.tokens_dropped}}
     return Dataset(
-        n=len(enc), batch=lambda ids: make_batch(enc, ids, tok.pad_id),
+        n=n, batch=batch, row_len=cfg.model.block_size if d.pack else 0,
+        # the whole-set losses stay per sentence, unpacked: they mean what an unpacked run's do
         full=make_batch(enc, list(range(len(enc))), tok.pad_id),
         full_val=make_batch(enc_val, list(range(len(enc_val))), tok.pad_id),
         n_out=tok.vocab_size, n_in=tok.vocab_size, tracked=tracked,
         pieces={tok.piece(p): p for ps in pieces_of.values() for p in ps}, tokenizer=tok,
         summary={"vocab_size": tok.vocab_size,
                  "tracked_pieces": {w: [tok.piece(p) for p in ps] for w, ps in pieces_of.items()},
-                 "tracked_sentences": {w: sorted(s) for w, s in tracked.items()}})
+                 "tracked_sentences": {w: sorted(s) for w, s in tracked.items()}, **packed})
+
+
+def _packed(enc: list[list[int]], block_size: int, source: str) -> Packed:
+    rows = Packed(enc, block_size)
+    if not rows.n:
+        raise ConfigError(f"data.pack: {source} holds {rows.tokens_dropped} tokens, fewer than "
+                          f"one row of model.block_size + 1 ({block_size + 1})")
+    return rows
 
 
 def _mixture(cfg: Config) -> Dataset:

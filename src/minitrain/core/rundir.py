@@ -129,7 +129,7 @@ ADDED_KEYS = {"data.kind", "data.n_samples", "data.n_val", "data.rare_fraction",
               "optimizer.norm_ema", "train.extra_logs", "train.device", "train.compile",
               "train.dtype", "diagnose", "data.sources", "data.schedule", "data.phase_min",
               "data.phase_max", "data.lead_share", "data.bandit_gamma", "train.dense_every",
-              "optimizer.clip_from_step", "model.init_std", "model.causal",
+              "optimizer.clip_from_step", "model.init_std", "model.causal", "data.pack",
               "optimizer.decay_steps"}
 
 

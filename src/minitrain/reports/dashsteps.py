@@ -11,6 +11,7 @@ import re
 import numpy as np
 
 from minitrain.core.rundir import Run
+from minitrain.reports.text import training_sentences
 
 BINS = 40  # histogram bins, shared by every step and every run on one page
 TOP = 5  # pieces listed per step
@@ -58,22 +59,28 @@ def histograms(run: Run, bin_edges: list[float]) -> dict:
 
 def sentences(run: Run, words: list[str]) -> dict[int, str]:
     """Each sentence id the run trained on -> its text as HTML, tracked words in <mark>. The
-    text is rebuilt from the logged ids as measure.sentence_texts does it."""
+    text is rebuilt from the logged ids as measure.sentence_texts does it (packed rows, whose
+    sentences span windows: as text.training_sentences does it)."""
     tl = run.token_losses()
     if not len(tl):
         return {}
-    tl = tl[np.lexsort((tl["pos"], tl["row"], tl["step"]))]
-    key = tl["step"].astype(np.int64) * 65536 + tl["row"]
-    starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
-    ends = np.r_[starts[1:], len(tl)]
-    tok, out = run.decoder(), {}
+    tok, texts = run.decoder(), {}
+    if run.config.get("data", {}).get("pack"):
+        texts = {sid: tok.decode([tok.bos_id, *pieces]).strip()
+                 for sid, pieces in training_sentences(run).items()}
+    else:
+        tl = tl[np.lexsort((tl["pos"], tl["row"], tl["step"]))]
+        key = tl["step"].astype(np.int64) * 65536 + tl["row"]
+        starts = np.flatnonzero(np.r_[True, key[1:] != key[:-1]])
+        for s, e in zip(starts, np.r_[starts[1:], len(tl)]):
+            sid = int(tl["sentence"][s])
+            if sid not in texts:
+                ids = [*tl["token"][s:e].tolist(), int(tl["target"][e - 1])]
+                texts[sid] = tok.decode(ids).strip()
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, words)) + r")\b") if words else None
-    for s, e in zip(starts, ends):
-        sid = int(tl["sentence"][s])
-        if sid in out:
-            continue
-        ids = [*tl["token"][s:e].tolist(), int(tl["target"][e - 1])]
-        text = html.escape(tok.decode(ids).strip())
+    out = {}
+    for sid, text in texts.items():
+        text = html.escape(text)
         out[sid] = pattern.sub(r"<mark>\1</mark>", text) if pattern else text
     return out
 

@@ -23,10 +23,36 @@ def training_sentences(run: rundir.Run) -> dict[int, tuple[int, ...]]:
                           "training sentences cannot be read back")
     tl = run.token_losses()
     first = tl[np.unique(tl[["sentence", "pos"]], return_index=True)[1]]  # one per position
+    if run.config.get("data", {}).get("pack"):
+        tok = run.tokenizer()
+        return _packed_sentences(first, tok.bos_id, tok.eos_id)
     out: dict[int, list[int]] = defaultdict(list)
     for rec in first[np.lexsort((first["pos"], first["sentence"]))]:
         out[int(rec["sentence"])].append(int(rec["target"]))
     return {s: tuple(p) for s, p in out.items()}
+
+
+def _packed_sentences(first: np.ndarray, bos: int, eos: int) -> dict[int, tuple[int, ...]]:
+    """Packed rows (data.pack): `pos` is a row position. A sentence sits at fixed positions of
+    one window, or of two in a row: its head from its BOS target (or from a row whose first
+    input is BOS), then its tail from a row's start, whose first input is the piece the cut
+    between windows left unscored. A sentence with a window never drawn is left out, as is one
+    whose EOS is that unscored piece."""
+    recs = first[np.lexsort((first["pos"], first["sentence"]))]
+    starts = np.flatnonzero(np.r_[True, recs["sentence"][1:] != recs["sentence"][:-1]])
+    out = {}
+    for a, b in zip(starts, np.r_[starts[1:], len(recs)]):
+        pos, target, token = (recs[k][a:b].tolist() for k in ("pos", "target", "token"))
+        if bos in target:  # the head starts mid-row: the tail, if any, is at positions before it
+            i = target.index(bos)
+            pieces = target[i + 1:]
+            if pieces[-1:] != [eos] and i and pos[0] == 0:
+                pieces += [token[0], *target[:i]]
+        else:  # the sentence starts a row, or its head's window was never drawn
+            pieces = target if pos[0] == 0 and token[0] == bos else []
+        if pieces[-1:] == [eos]:
+            out[int(recs["sentence"][a])] = tuple(pieces)
+    return out
 
 
 def memorisation_floor(sentences: dict[int, tuple[int, ...]]) -> float:
