@@ -14,13 +14,15 @@ import math
 import signal
 import threading
 import time
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
-from minitrain.core import checkpoint
-from minitrain.core.data import IGNORE, Batch
+from minitrain.core import background, checkpoint
+from minitrain.core.data import IGNORE
 from minitrain.core.model import token_losses
 from minitrain.core.optim import lr_at
-from minitrain.core.record import StepRecord
+from minitrain.core.record import StepRecord, Writer
 
 
 class StopOnCtrlC:
@@ -54,17 +56,35 @@ class Loop:
     training step proper, and the tokens it scored), even when a step raises."""
 
     def __init__(self, cfg, ds, forward, opt, sampler, dist, scaler, evaluator, observers,
-                 parts: dict, out: Path, writer: bool, start: int):
+                 parts: dict, out: Path, writer: bool, start: int, worker=None, twin=None):
         self.cfg, self.ds, self.forward, self.opt, self.sampler = cfg, ds, forward, opt, sampler
-        self.dist, self.scaler, self.evaluator, self.observers = dist, scaler, evaluator, observers
+        self.dist, self.scaler, self.evaluator = dist, scaler, evaluator
+        # writers only write files: the log thread runs them; the others read the live
+        # model (the labs' probes) or the clock (progress) and run here, after each step
+        self.writers = [obs for obs in observers if isinstance(obs, Writer)]
+        self.live = [obs for obs in observers if not isinstance(obs, Writer)]
+        self.worker = worker or background.Inline()
+        self.twin = twin  # the model's copy the log thread evaluates on (None: the model)
         self.parts, self.out, self.writer = parts, out, writer
         self.start = self.done = start
-        self.record: StepRecord | None = None
+        self.record: StepRecord | None = None  # the last step's record, as the loop made it
+        self.written: StepRecord | None = None  # the last one written, whole-set losses in
+        self.logged = start  # steps whose lines every writer has written
         self.step_s, self.tokens = 0.0, 0
         self.clip = math.inf  # the clip threshold in force at this step; inf: no clip
 
     def run(self) -> str:
-        """Train to the end; returns "completed", "diverged" or "interrupted"."""
+        """Train to the end, every step's logs written; returns "completed", "diverged" or
+        "interrupted"."""
+        try:
+            status = self._steps()
+        except BaseException:
+            self.worker.close(raise_error=False)  # the loop's error is the one to report
+            raise
+        self.worker.close()
+        return status
+
+    def _steps(self) -> str:
         t = self.cfg.train
         try:
             with StopOnCtrlC(second_interrupts=self.dist.world == 1) as ctrl_c:
@@ -72,6 +92,7 @@ class Loop:
                     record = self.record = self.step(step)
                     self.done = step + 1
                     if self.writer and t.checkpoint_every and self.done % t.checkpoint_every == 0:
+                        self.worker.drain()  # the logs reach the checkpoint's step first
                         checkpoint.save(self.out, self.done, self.parts)
                     # a non-finite gradient whose step was dropped (fp16 overflow, or the
                     # outlier skip) is handled; anything else non-finite ends the run
@@ -120,15 +141,28 @@ class Loop:
         # ---- TRAINING STEP END: what follows only observes ----
         step_ms = (time.perf_counter() - t0) * 1e3
         self.step_s, self.tokens = self.step_s + step_ms / 1e3, self.tokens + n_tokens
-        whole_set = self.evaluator.losses(step, stats.grad_norm_pre_clip)
+        due = self.evaluator.due(step, stats.grad_norm_pre_clip)  # whole-set losses this step
         tl = tl.detach().cpu()  # the logs are written from the CPU
         pad = self.ds.tokenizer.pad_id if self.ds.tokenizer else 0
         rows = dist.gather_rows({"x": batch.x, "y": batch.y, "tl": tl},
                                 {"x": pad, "y": IGNORE, "tl": 0.0})
         if self.writer:  # rank 0 sees the whole global batch
-            batch, tl = Batch(ids, rows["x"], rows["y"]), rows["tl"]
+            batch, tl = replace(batch, sentence_ids=ids, x=rows["x"], y=rows["y"]), rows["tl"]
         record = StepRecord(step, opt.lr, batch_loss, stats, batch, tl, n_tokens, step_ms,
-                            loss_scale=loss_scale, **whole_set)
-        for obs in self.observers:
+                            loss_scale=loss_scale)
+        for obs in self.live:
             obs.on_step(record)
+        captured = [obs.capture(record) for obs in self.writers]  # before the weights change
+        weights = self.twin.take() if due and self.twin is not None else None
+        self.worker.submit(partial(self._write, record, captured, due, weights))
         return record
+
+    def _write(self, record: StepRecord, captured: list, due: bool, weights) -> None:
+        """The whole-set losses (on the twin loaded with the step's weights, or on the model
+        when this runs before the next step) and every writer's lines of one step."""
+        if due:
+            forward = None if self.twin is None else self.twin.load(weights)
+            record = replace(record, **self.evaluator.measure(forward))
+        for obs, c in zip(self.writers, captured):
+            obs.write(record, c)
+        self.written, self.logged = record, record.step + 1

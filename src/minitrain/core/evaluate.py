@@ -3,6 +3,7 @@ the evaluator that decides on which steps they are measured."""
 
 from __future__ import annotations
 
+import copy
 import statistics
 from collections import deque
 
@@ -70,22 +71,53 @@ class WholeSetLoss:
         self.norms.extend(state["norms"])
         self.dense_until = state["dense_until"]
 
-    def losses(self, step: int, grad_norm: float) -> dict[str, float]:
-        """{"train_loss": ..., "val_loss": ...} when step is due, else {}; `grad_norm` is the
-        step's pre-clip norm, which opens the dense window."""
+    def due(self, step: int, grad_norm: float) -> bool:
+        """Whether step `step` is evaluated; `grad_norm` is the step's pre-clip norm, which
+        opens the dense window. Called once per step, in order (it keeps the recent norms)."""
         judged = step >= self.warmup and len(self.norms) >= 10
         if (judged and grad_norm > self.jump * statistics.median(self.norms)) or \
                 step == self.dense_at:
             self.dense_until = step + self.dense
         self.norms.append(grad_norm)
         dense = step <= self.dense_until and step % self.dense_every == 0
-        if step % self.every == 0 or step == self.total - 1 or dense:
-            return {field: mean_loss(self.model, chunks) for field, chunks in self.sets.items()}
-        return {}
+        return step % self.every == 0 or step == self.total - 1 or dense
+
+    def measure(self, forward=None) -> dict[str, float]:
+        """{"train_loss": ..., "val_loss": ...} of the model now, or of `forward`."""
+        forward = forward or self.model
+        return {field: mean_loss(forward, chunks) for field, chunks in self.sets.items()}
+
+    def losses(self, step: int, grad_norm: float) -> dict[str, float]:
+        """The whole-set losses when step is due (`due`), else {}."""
+        return self.measure() if self.due(step, grad_norm) else {}
+
+
+class WeightCopy:
+    """The model's twin the log thread evaluates on: on a due step the training thread clones
+    the weights (`take`, microseconds), and the log thread loads them into the twin (`load`)
+    when it gets to that step, so the training step after it can change the weights at once."""
+
+    def __init__(self, model: torch.nn.Module, forward_of):
+        self.live = list(model.parameters())
+        self.twin = copy.deepcopy(model).requires_grad_(False)
+        self.mine = list(self.twin.parameters())
+        self.forward = forward_of(self.twin)
+
+    def take(self) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return torch._foreach_mul(self.live, 1.0)  # one op: a copy of each tensor
+
+    def load(self, weights: list[torch.Tensor]):
+        with torch.no_grad():
+            torch._foreach_copy_(self.mine, weights)
+        return self.forward
 
 
 class NoEvaluation:
     """An uninstrumented run evaluates nothing."""
+
+    def due(self, step: int, grad_norm: float) -> bool:
+        return False
 
     def losses(self, step: int, grad_norm: float) -> dict[str, float]:
         return {}

@@ -37,18 +37,29 @@ class Flat:
                 blocks.append([start, sizes[i], 0])
             blocks[-1][2] += 1
             start += sizes[i]
-        self._blocks = [self.data[a:a + n * count].view(count, n) for a, n, count in blocks]
+        self._layout = blocks
+        self._blocks = self._split(self.data)
         self._rank = torch.tensor(rank, device=p0.device)
+
+    def _split(self, data: torch.Tensor) -> list[torch.Tensor]:
+        return [data[a:a + n * count].view(count, n) for a, n, count in self._layout]
 
     def fill(self, tensors: list[torch.Tensor]) -> None:
         """data = the tensors (one per parameter, in parameter order), flattened."""
         torch.cat([tensors[i].reshape(-1) for i in self.order], out=self.data)
 
-    def norms(self) -> torch.Tensor:
+    def norms(self, data: torch.Tensor | None = None) -> torch.Tensor:
         """Each view's L2 norm, in parameter order (on the CPU, the bits of
-        torch._foreach_norm)."""
-        return torch.cat([torch.linalg.vector_norm(b, dim=1) for b in self._blocks])[self._rank]
+        torch._foreach_norm); of `data`, a copy of `self.data`, when given."""
+        blocks = self._blocks if data is None else self._split(data)
+        return torch.cat([torch.linalg.vector_norm(b, dim=1) for b in blocks])[self._rank]
 
-    def maxes(self) -> torch.Tensor:
-        """Each view's largest entry, in parameter order."""
-        return torch.cat([b.amax(dim=1) for b in self._blocks])[self._rank]
+    def maxes(self, data: torch.Tensor | None = None) -> torch.Tensor:
+        """Each view's largest entry, in parameter order (of `data` when given)."""
+        blocks = self._blocks if data is None else self._split(data)
+        return torch.cat([b.amax(dim=1) for b in blocks])[self._rank]
+
+    def view_of(self, data: torch.Tensor, i: int) -> torch.Tensor:
+        """Parameter i's view of `data`, a copy of `self.data`."""
+        v = self.views[i]
+        return data[v.storage_offset() - self.data.storage_offset():][:v.numel()].view_as(v)

@@ -5,6 +5,7 @@ on each observer.
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -19,20 +20,22 @@ from minitrain.core.config import Config
 from minitrain.core.data import IGNORE
 from minitrain.core.optim import Optimizer
 from minitrain.core.probes import ClassProbe, EmbeddingGeometry, LayerProbe
-from minitrain.core.record import Observer
+from minitrain.core.record import Observer, Writer
 
 
-class MetricsLog(Observer):
+class MetricsLog(Writer):
     """metrics.jsonl: one line of scalars per step."""
 
     def __init__(self, out: Path, params: list[torch.Tensor]):
         self.w = rundir.JsonlWriter(out / rundir.METRICS)
         self.params = params
 
-    def on_step(self, r):
+    def capture(self, r):
+        with torch.no_grad():  # a new tensor: the weights may change before it is read
+            return torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.params)))
+
+    def write(self, r, weight_norm):
         s = r.stats
-        with torch.no_grad():
-            weight_norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.params)))
         self.w.write({
             "step": r.step, "loss": r.loss, "lr": r.lr,
             "grad_norm_pre_clip": s.grad_norm_pre_clip,
@@ -50,7 +53,7 @@ class MetricsLog(Observer):
         self.w.close()
 
 
-class BatchLog(Observer):
+class BatchLog(Writer):
     """batches.jsonl: which sentences each step saw, and how many tracked words/pieces."""
 
     def __init__(self, out: Path, tracked_sentences: dict[str, set[int]],
@@ -60,14 +63,21 @@ class BatchLog(Observer):
         self.source_of = source_of  # mixture: each sentence's source, written per row
 
     def on_step(self, r):
-        ids = r.batch.sentence_ids
-        x = r.batch.x.numpy()  # NumPy: on arrays this small a torch op costs several times more
+        b = r.batch
+        ids = b.sentence_ids
+        # packed: the sentences the rows touch, from the spans (the loop puts the sampler's
+        # ids, here window ids, into sentence_ids)
+        if b.spans is not None:
+            ids = list(dict.fromkeys(s for row in b.spans for s, _, _ in row))
+        x = b.x.numpy()  # NumPy: on arrays this small a torch op costs several times more
         row = {
             "step": r.step, "sentence_ids": ids,
             "words": {w: sum(i in s for i in ids) for w, s in self.tracked_sentences.items()},
             "pieces": {p: int(np.count_nonzero(x == pid))
                        for p, pid in self.tracked_pieces.items()},
         }
+        if b.spans is not None:  # and the windows, so that a replay can rebuild the batch
+            row["spans"], row["windows"] = b.spans, b.sentence_ids
         if self.source_of is not None:
             row["sources"] = [self.source_of[i] for i in ids]
         self.w.write(row)
@@ -76,22 +86,26 @@ class BatchLog(Observer):
         self.w.close()
 
 
-class PhaseLog(Observer):
+class PhaseLog(Writer):
     """phases.jsonl: one line per mixer phase, written at its first step."""
 
     def __init__(self, out: Path, sampler):
         self.w = rundir.JsonlWriter(out / rundir.PHASES)
         self.sampler = sampler
 
-    def on_step(self, r):
-        if self.sampler.phase["step"] == r.step:
-            self.w.write(self.sampler.phase)
+    def capture(self, r):  # the mixer's phase as it is now: a new one may start next step
+        phase = self.sampler.phase
+        return copy.deepcopy(phase) if phase["step"] == r.step else None
+
+    def write(self, r, phase):
+        if phase is not None:
+            self.w.write(phase)
 
     def close(self):
         self.w.close()
 
 
-class TokenLossLog(Observer):
+class TokenLossLog(Writer):
     """token_losses.bin: (step, row, pos, sentence, token, target, loss) per scored position."""
 
     def __init__(self, out: Path):
@@ -105,7 +119,10 @@ class TokenLossLog(Observer):
         rec = np.empty(len(rows), rundir.TOKEN_LOSS_DTYPE)
         rec["step"] = r.step
         rec["row"] = rows
-        rec["sentence"] = np.asarray(r.batch.sentence_ids)[rows]
+        if r.batch.sentence is None:  # a row is one sentence
+            rec["sentence"] = np.asarray(r.batch.sentence_ids)[rows]
+        else:  # packed: the sentence of each position's target
+            rec["sentence"] = r.batch.sentence.numpy()[scored]
         rec["pos"] = pos
         x = r.batch.x  # token ids; tabular rows hold features, which are no token: -1
         rec["token"] = -1 if x.is_floating_point() else x.numpy()[scored]
@@ -127,7 +144,7 @@ def host_lists(parts: dict) -> dict:
     return out
 
 
-class MomentLog(Observer):
+class MomentLog(Writer):
     """moments.jsonl: per tensor the norms of grad, m and v and the max of v; for the tracked
     pieces their rows in each vocabulary table (input embedding `wte`, and the head when it is
     not tied): grad, m and v; the embedding rows with the largest gradient."""
@@ -153,19 +170,27 @@ class MomentLog(Observer):
                         for p, i in tracked_pieces.items()},
             "top_grad_rows": [[S, S]] * n_top})
 
-    def on_step(self, r):
+    def capture(self, r):
+        """The moments now (they change in place next step): one copy of each flat tensor.
+        The gradients need none: the next backward makes new ones."""
         opt = self.opt  # p.grad is the raw (pre-clip) gradient
-        parts = {"m_norm": opt.m_flat.norms(),
-                 "grad_norm": r.stats.tensor_grad_norms.to(opt.m[0].dtype)}
+        m, v = opt.m_flat.data.clone(), opt.v_flat.data.clone() if self.has_v else None
+        return m, v, [opt.params[k].grad for k in self.tables.values()]
+
+    def write(self, r, captured):
+        m, v, grads = captured
+        opt = self.opt
+        parts = {"m_norm": opt.m_flat.norms(m),
+                 "grad_norm": r.stats.tensor_grad_norms.to(m.dtype)}
         if self.has_v:
-            parts["v_norm"], parts["v_max"] = opt.v_flat.norms(), opt.v_flat.maxes()
+            parts["v_norm"], parts["v_max"] = opt.v_flat.norms(v), opt.v_flat.maxes(v)
         top = None  # a model without a vocabulary table has no rows to rank
-        for table, k in self.tables.items():
-            row_norms = torch.linalg.vector_norm(opt.params[k].grad, dim=1)
+        for (table, k), grad in zip(self.tables.items(), grads):
+            row_norms = torch.linalg.vector_norm(grad, dim=1)
             if table == "wte":
                 top = torch.topk(row_norms, min(self.top_rows, len(row_norms)))
                 parts["top"] = top.values
-            parts.update(self._row_stats(table, k, row_norms))
+            parts.update(self._row_stats(table, k, row_norms, m, v))
         x = host_lists(parts)
         # the numbers in the line's order: per tensor, per tracked piece and table, top rows
         numbers = [r.step, *chain.from_iterable(zip(*(x[key] for key in self.per_tensor)))]
@@ -176,15 +201,16 @@ class MomentLog(Observer):
             numbers += chain.from_iterable(zip(top.indices.tolist(), x["top"]))
         self.w.write_line(self.line.fill(numbers))
 
-    def _row_stats(self, table: str, k: int, row_norms: torch.Tensor) -> dict:
+    def _row_stats(self, table: str, k: int, row_norms: torch.Tensor, m: torch.Tensor,
+                   v: torch.Tensor | None) -> dict:
         """The tracked rows of table `table` (parameter k): each statistic one op over all of
         them (a row's norm, mean or max has the same bits taken alone or with its table)."""
         if not self.tracked:
             return {}
         opt, rows = self.opt, self.rows
-        stats = [row_norms[rows], torch.linalg.vector_norm(opt.m[k][rows], dim=1)]
+        stats = [row_norms[rows], torch.linalg.vector_norm(opt.m_flat.view_of(m, k)[rows], dim=1)]
         if self.has_v:
-            v = opt.v[k][rows]
+            v = opt.v_flat.view_of(v, k)[rows]
             stats += [v.mean(dim=1), v.amax(dim=1)]
         return {(table, key): x for key, x in zip(self.row_keys, stats)}
 

@@ -32,3 +32,19 @@ class Observer:
     def on_step(self, r: StepRecord) -> None: ...
 
     def close(self) -> None: ...
+
+
+class Writer(Observer):
+    """An observer that only writes its file: what it needs of the live model or optimizer
+    (which the next step changes) it takes in `capture`, on the training thread right after
+    the step; `write` does the rest (reading back, encoding, writing), on the log thread
+    (core/background.py), in step order. Alone, `on_step` does both."""
+
+    def capture(self, r):
+        return None
+
+    def write(self, r, captured) -> None:
+        self.on_step(r)
+
+    def on_step(self, r):
+        self.write(r, self.capture(r))

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from minitrain.core import checkpoint, datasets, memory, observe, optim, rundir, zoo
+from minitrain.core import background, checkpoint, datasets, memory, observe, optim, rundir, zoo
 from minitrain.core import config as config_mod
 from minitrain.core import dist as ddp
 from minitrain.core.config import Config
-from minitrain.core.evaluate import NoEvaluation, WholeSetLoss
+from minitrain.core.evaluate import NoEvaluation, WeightCopy, WholeSetLoss
 from minitrain.core.optim import param_groups
 from minitrain.core.precision import LossScaler, NoScaler, forward_pass
 from minitrain.core.tokenizer import Tokenizer
@@ -43,6 +43,9 @@ class Setup:
 
 def setup(cfg: Config, out: str | Path, replace: bool, resume: bool) -> Setup:
     dist = ddp.setup(cfg.train.device)  # before anything is written: cuda may be missing
+    if cfg.data.pack and dist.world > 1:  # the batch log's spans are gathered per sentence
+        raise config_mod.ConfigError("data.pack: packed rows train in one process only "
+                                     f"(this run has {dist.world})")
     dev = dist.device
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -53,7 +56,7 @@ def setup(cfg: Config, out: str | Path, replace: bool, resume: bool) -> Setup:
 
     # data (corpus -> tokenizer -> encoded sentences, or a synthetic kind) -> model
     ds = datasets.build(cfg)
-    row_len = ds.full.x.shape[1] if ds.full.x.dim() == 2 else 1  # tokens in the longest row
+    row_len = max(ds.full.x.shape[1] if ds.full.x.dim() == 2 else 1, ds.row_len)  # longest row
     memory.check(cfg, ds.n_in, ds.n_out, row_len, dev)  # before the model is allocated
     model = zoo.build(cfg.model, ds.n_in, ds.n_out).to(dev)  # initialised on the CPU
     forward = forward_pass(model, dev, cfg.train)
@@ -126,10 +129,15 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     s = setup(cfg, out, replace, resume)
     observers = observe.build(cfg, s.out, s.ds, s.model, s.opt, s.names, s.sampler, s.start,
                               progress=progress, writer=s.writer)
-    instrumented = cfg.train.instrument and s.writer
+    t = cfg.train
+    instrumented = t.instrument and s.writer
+    # the logs and the whole-set evaluation on a second thread, evaluating a twin of the model
+    threaded = instrumented and background.wanted(t, s.dist.device.type)
+    twin = WeightCopy(s.model, lambda m: forward_pass(m, s.dist.device, t)) if threaded else None
+    worker = background.build(threaded)
     loop = Loop(cfg, s.ds, s.forward, s.opt, s.sampler, s.dist, s.scaler,
                 s.evaluator if instrumented else NoEvaluation(), observers, s.parts, s.out,
-                s.writer, s.start)
+                s.writer, s.start, worker, twin)
     status, t_loop = "failed", time.perf_counter()
     try:
         status = loop.run()
@@ -149,10 +157,10 @@ def finish(s: Setup, loop: Loop, observers, status: str, t_start: float, t_loop:
         obs.close()
     if s.writer and status == "interrupted" and loop.done > s.start:
         checkpoint.save(s.out, loop.done, s.parts)
-    r = loop.record
+    r = loop.written
     s.summary.update({
         "status": status,
-        "steps_completed": loop.done,
+        "steps_completed": loop.logged,  # = loop.done unless writing the logs failed
         "diverged_at_step": loop.done - 1 if status == "diverged" else None,
         "final_loss": r.loss if r else None,
         "final_train_loss": r.train_loss if r else None,

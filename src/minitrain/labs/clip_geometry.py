@@ -58,7 +58,7 @@ def measure(path: Path, budget: float = 1.0, fraction: float = 0.25) -> dict:
     past = lab.run.batches[max(0, lab.step - 10):lab.step]
     out = {"step": lab.step, "budget": budget, "fraction": fraction, "names": lab.names,
            "rare_ids": rare_ids, "batches": {}}
-    ordinary = [lab.grads(b["sentence_ids"]) for b in past]
+    ordinary = [lab.grads(b.get("windows", b["sentence_ids"])) for b in past]  # packed: rows
     out["batches"]["rare batch", "budget"] = [
         _clip_all(lab, lab.grads(rare_ids), "budget", budget, fraction)]
     for scale in ("budget", "fraction"):  # ordinary gradients sit far below the budget
