@@ -2,6 +2,8 @@
 python := env("PYTHON", ".venv/bin/python")
 seed := env("seed", "42")
 grad_clip := env("grad_clip", "1.0")
+# logs on a second thread: faster with a core to spare, slower when runs share the cores
+log_thread := env("log_thread", "true")
 
 # create .venv and install minitrain with its dev tools (CPU torch from requirements.txt)
 setup:
@@ -19,12 +21,15 @@ phase-19-train:
     esac
     clip="{{grad_clip}}"; case "$clip" in none|off) clip=null ;; esac
     {{python}} -m minitrain train experiments/19-control/config.yaml --out "$dir" --force \
-      --set seed={{seed}} --set optimizer.grad_clip="$clip"
+      --set seed={{seed}} --set optimizer.grad_clip="$clip" --set train.log_thread={{log_thread}}
 
-# Run B with the clip switched on at the arrival (clip 1.0 from step 1200): the clip as a guard
+# Run B with the clip switched on at the arrival (clip 1.0 from step 1200): the clip as a guard;
+# it starts from Run B's checkpoint at the arrival when that provably trains the same steps
+[doc("Run B with the clip from the arrival (step 1200), branched from Run B's checkpoint")]
 phase-19-guard:
     {{python}} -m minitrain train experiments/19-clip-at-arrival/config.yaml --force \
-      --set seed={{seed}}
+      --set seed={{seed}} --set train.log_thread={{log_thread}} \
+      --branch-from experiments/19-break-no-clip
 
 # compare two runs: terminal summary, a PNG of panels and the pair's HTML dashboard (its path)
 phase-19-compare a="experiments/19-control" b="experiments/19-break-no-clip":
@@ -33,11 +38,25 @@ phase-19-compare a="experiments/19-control" b="experiments/19-break-no-clip":
 
 # the whole exercise: control, break, the break with the clip from the arrival; compare, dashboards
 phase-19:
-    seed={{seed}} grad_clip=1.0 {{just_executable()}} phase-19-train
-    seed={{seed}} grad_clip=inf {{just_executable()}} phase-19-train
-    seed={{seed}} {{just_executable()}} phase-19-guard
-    {{just_executable()}} phase-19-compare
-    {{just_executable()}} phase-19-compare experiments/19-break-no-clip experiments/19-clip-at-arrival
+    #!/usr/bin/env bash
+    set -euo pipefail
+    # everything two at a time, one core each (so no second thread per run); progress lines
+    # interleave, the reports print in order
+    py="{{python}} -m minitrain" b=experiments/19-break-no-clip g=experiments/19-clip-at-arrival
+    log=$(mktemp -d); trap 'rm -rf "$log"' EXIT
+    together() {  # run each command in the background, wait for all; fail if any failed
+      local pids=() status=0
+      for c in "$@"; do bash -o pipefail -c "$c" & pids+=($!); done
+      for p in "${pids[@]}"; do wait "$p" || status=1; done
+      return $status
+    }
+    export seed={{seed}} log_thread=false
+    together "grad_clip=1.0 {{just_executable()}} phase-19-train 2>&1 | cat" \
+             "grad_clip=inf {{just_executable()}} phase-19-train 2>&1 | cat"
+    together "{{just_executable()}} phase-19-guard 2>&1 | cat" \
+             "$py compare experiments/19-control $b > $log/ab" "$py dashboard experiments/19-control $b > $log/abd"
+    together "$py compare $b $g > $log/bg" "$py dashboard $b $g > $log/bgd"
+    cat $log/ab $log/abd $log/bg $log/bgd
 
 # the test suite (CPU, a few minutes at most)
 test *args:
@@ -75,6 +94,8 @@ phase-19-report: phase-19 phase-19-ablations
     {{python}} -m minitrain diagnose experiments/19-break-no-clip \
       --moments-page theory/02-optimizer-and-schedule.md --label "Run B" > /dev/null
     {{python}} -m minitrain.exercises.handout --page $page > /dev/null  # the handout beside ours
+    {{python}} -m minitrain.reports.pages --command "just phase-19-report" $page \
+      theory/02-optimizer-and-schedule.md
 
 # Run B over 20 seeds and the fixes (experiments/19-sweep/sweep.yaml); resumable; fills the
 # sweep block of the exercise page

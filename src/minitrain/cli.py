@@ -29,6 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--out", help="run directory (default: the config file's folder)")
     t.add_argument("--force", action="store_true", help="replace a run already in --out")
     t.add_argument("--quiet", action="store_true", help="no progress line")
+    t.add_argument("--branch-from", metavar="RUN",
+                   help="start from RUN's checkpoint when that provably trains the same steps "
+                        "(only the guards, idle until then, or the arrival sampler differ); "
+                        "else from scratch, saying why")
     c = sub.add_parser("compare", help="compare two run directories")
     c.add_argument("run_a")
     c.add_argument("run_b")
@@ -132,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
 
             if args.resume:
                 moves = [o for o in args.overrides if o.startswith("train.device=")]
-                if args.config or args.out or len(moves) != len(args.overrides):
+                if args.config or args.out or args.branch_from or \
+                        len(moves) != len(args.overrides):
                     raise ConfigError("--resume takes the run's own config: no CONFIG, --out "
                                       "or --set other than train.device")
                 out = Path(args.resume)
@@ -142,8 +147,15 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 cfg = config.load(args.config, args.overrides)
                 out = Path(args.out) if args.out else Path(args.config).parent
-            summary = train(cfg, out, progress=not args.quiet, replace=args.force,
-                            resume=bool(args.resume))
+            if args.branch_from:
+                from minitrain.tools.branch import train_from
+
+                summary, how = train_from(Path(args.branch_from), cfg, out, args.force,
+                                          progress=not args.quiet)
+                print(f"{out}: {how}", file=sys.stderr)
+            else:
+                summary = train(cfg, out, progress=not args.quiet, replace=args.force,
+                                resume=bool(args.resume))
             if os.environ.get("RANK", "0") == "0":  # under torchrun, rank 0 speaks
                 print(f"{out}: {summary['status']} after {summary['steps_completed']} steps, "
                       f"whole-set loss {fmt(summary['final_train_loss'], '.3g', 'not evaluated')}, "

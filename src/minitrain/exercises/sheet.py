@@ -5,7 +5,6 @@ catalogue page's table of blind rounds (`rounds`, experiments/break-it/README.md
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 from minitrain.exercises import catalogue, causes, quiz
@@ -18,21 +17,9 @@ N_SAMPLES = 20  # drawn per run for the shares; the page prints the first few
 SHOWN = 3
 
 
-def commit(root: Path) -> str:
-    """The commit the page was made at ('+' when the tree had changes), or 'unknown'."""
-    try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return head + ("+" if dirty else "")
-
-
 def _stamp(root: Path, command: str) -> str:
-    return f"Made by `{command}` at commit {commit(root)}, seed and config as in each run's " \
-           "`config.resolved.yaml`."
+    return f"Made by `{command}` at commit {pages.commit(root)}, seed and config as in each " \
+           "run's `config.resolved.yaml`."
 
 
 def runs_block(results: dict[str, dict], paths: dict[str, Path]) -> str:

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +86,75 @@ def table_rows(text: str) -> dict[str, dict[str, str]]:
         cells = [c.strip() for c in ln.strip("|").split("|")]
         rows[cells[0]] = dict(zip(head, cells))
     return rows
+
+
+# ---- where a page's numbers were made ------------------------------------------------------
+
+MADE_ON = "made-on"  # the block saying where the blocks a recipe fills were measured
+OTHER_MACHINE = 0.25  # how far a number may move on a CPU with other vector instructions:
+# the exercise pages' blocks, made with AVX512 kernels and rerun with AVX2 ones, moved up to 19%
+
+
+def commit(root: Path) -> str:
+    """The commit the page was made at ('+' when the tree had changes), or 'unknown'."""
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "src"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+" if dirty else "")
+
+
+def machine() -> str:
+    """What a run's bits depend on beyond its config: torch's build and the CPU kernels it
+    picked (the same run trains to other bits with other vector instructions)."""
+    import torch
+
+    return f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+
+
+def made_on(page: str | Path) -> str | None:
+    """The machine a page's `made-on` block names, or None."""
+    if MADE_ON not in blocks(page):
+        return None
+    text = " ".join(block_text(page, MADE_ON).split())
+    return text.split("made on ", 1)[1].split(" at commit")[0] if " at commit" in text else None
+
+
+def tolerance(page: str | Path, same: float = 0.02) -> float:
+    """The relative tolerance a test holds a page's numbers to against fresh runs: `same` on
+    the machine the page names, OTHER_MACHINE elsewhere."""
+    return same if made_on(page) == machine() else OTHER_MACHINE
+
+
+def stamp(page: str | Path, command: str, root: Path = Path(".")) -> str:
+    import textwrap
+
+    text = textwrap.fill(
+        f"The measured blocks `{command}` fills were made on {machine()} at commit "
+        f"{commit(root)}. On a CPU with other vector instructions the same runs train to other "
+        f"bits: the tests hold these blocks to 2% of fresh runs on the machine named here, and "
+        f"to {OTHER_MACHINE:.0%} on others.", 95)
+    update_page(page, MADE_ON, text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m minitrain.reports.pages",
+                                description="fill the pages' made-on block")
+    p.add_argument("--command", required=True, help="the recipe that filled the blocks")
+    p.add_argument("pages", nargs="+")
+    args = p.parse_args(argv)
+    try:
+        for page in args.pages:
+            stamp(page, args.command)
+    except RunDirError as e:
+        print(f"pages: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

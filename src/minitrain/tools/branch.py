@@ -139,3 +139,25 @@ def branch(src: Path, cfg: Config, dst: Path) -> str | None:
         "status": "interrupted", "steps_completed": step, "steps_planned": cfg.train.steps,
         "branched_from": {"run": str(src), "step": step}})
     return None
+
+
+def train_from(src: Path | None, cfg: Config, out: Path, replace: bool = False,
+               progress: bool = False) -> tuple[dict, str]:
+    """Train `cfg` into `out`, branched from `src`'s checkpoint when that is proved to change
+    nothing, else from scratch. Returns the summary and how the run started."""
+    from minitrain.core.train import train
+
+    out = Path(out)
+    if not replace:
+        rundir.prepare(out)  # a run already there: the usual one line, nothing touched
+    why = branch(Path(src), cfg, out) if src else None
+    if src and why is None:
+        summary = train(cfg, out, progress=progress, resume=True)
+        every = cfg.train.checkpoint_every
+        if summary["status"] == "completed" and (not every or every > cfg.train.steps):
+            # the branch point's checkpoint was only a start: a from-scratch run of this
+            # config keeps none
+            (out / rundir.CHECKPOINT).unlink(missing_ok=True)
+        return summary, f"branched from {src} at step {summary['resumed_at_step']}"
+    summary = train(cfg, out, progress=progress, replace=True)
+    return summary, f"from scratch: {why}" if why else ""

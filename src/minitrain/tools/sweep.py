@@ -163,21 +163,10 @@ def _train_one(base: str, overrides: list[str], out: str, source: str | None = N
                ) -> tuple[str, str]:
     """Train one run, branched from `source` when that is proved to change nothing (see
     minitrain.tools.branch), else from scratch. Returns (status, how it started)."""
-    from minitrain.core.train import train
-    from minitrain.tools.branch import branch
+    from minitrain.tools.branch import train_from
 
-    cfg = config_mod.load(base, overrides)
-    why = branch(Path(source), cfg, Path(out)) if source else None
-    if source and why is None:
-        status = train(cfg, out, progress=False, resume=True)["status"]
-        every = cfg.train.checkpoint_every
-        if status == "completed" and (not every or every > cfg.train.steps):
-            # the branch point's checkpoint was only a start: a from-scratch run of this
-            # config keeps none
-            (Path(out) / rundir.CHECKPOINT).unlink(missing_ok=True)
-        return status, f"branched from {source}"
-    status = train(cfg, out, progress=False, replace=True)["status"]
-    return status, f"from scratch: {why}" if why else ""
+    summary, how = train_from(source, config_mod.load(base, overrides), Path(out), replace=True)
+    return summary["status"], how
 
 
 def _ignore_sigint():  # workers finish their run; the parent decides when to stop
