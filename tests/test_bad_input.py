@@ -56,23 +56,48 @@ def test_any_override_loads_or_says_why(tmp_path, item):
         assert "\n" not in str(e)
 
 
-@settings(max_examples=40, deadline=None, derandomize=True,
+# corpus lines a new user's file may hold: empty, blank, very long (past block_size), control
+# and format characters (NUL, ESC, BOM, zero-width, the Unicode line separators), any text
+odd = st.characters(categories=["Cc", "Cf", "Zl", "Zp", "Zs"])
+corpus_lines = st.one_of(
+    st.just(""), st.text(odd, min_size=1, max_size=6), st.text(min_size=1, max_size=60),
+    st.builds(lambda w, n: w * n, st.sampled_from(["word ", "ab", "\u00e9t\u00e9 "]),
+              st.integers(20, 400)),
+    st.builds(lambda a, b, c: a + b + c, st.text(max_size=20), st.text(odd, max_size=3),
+              st.text(max_size=20)))
+# each line in its own encoding (a file pasted together from several), ends of line of any kind
+encodings = st.sampled_from(["utf-8"] * 6 + ["latin-1", "utf-16", "cp1252"])
+newlines = st.sampled_from([b"\n", b"\r\n", b"\r"])
+
+
+REAL = (ROOT / "corpus/train.txt").read_text(encoding="utf-8").splitlines()[:40]
+
+
+@st.composite
+def corpus_files(draw) -> bytes:
+    """Some of our corpus's lines with odd ones among them, so that most files can train."""
+    odd_lines = draw(st.lists(st.tuples(corpus_lines, encodings), max_size=3))
+    lines = [(line, "utf-8") for line in REAL[:draw(st.integers(0, len(REAL)))]]
+    for item in odd_lines:
+        lines.insert(draw(st.integers(0, len(lines))), item)
+    sep = draw(newlines)
+    body = sep.join(line.encode(enc, errors="replace") for line, enc in lines)
+    return draw(st.sampled_from([b"", b"\xef\xbb\xbf"])) + body + draw(st.sampled_from([b"", sep]))
+
+
+@settings(max_examples=60, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(lines=st.lists(st.text(max_size=60), max_size=6) | st.just(["word " * 60]),
-       raw=st.binary(max_size=40))
-def test_any_corpus_trains_or_fails_in_one_line(tmp_path, capsys, lines, raw):
+@given(data=corpus_files() | st.binary(max_size=60) | st.just(("word " * 60).encode()))
+def test_any_corpus_trains_or_fails_in_one_line(tmp_path, capsys, data):
     corpus = tmp_path / "train.txt"
-    if raw and raw[0] % 2:
-        corpus.write_bytes(raw)
-    else:
-        corpus.write_text("\n".join(lines), encoding="utf-8")
+    corpus.write_bytes(data)
     out = tmp_path / "run"
     shutil.rmtree(out, ignore_errors=True)
     code = main(["train", "experiments/19-control/config.yaml", "--out", str(out), "--quiet",
                  "--set", f"data.train={corpus}", "--set", f"data.val={corpus}",
                  "--set", "train.steps=2", "--set", "model.n_layer=1",
                  "--set", "model.n_embd=16", "--set", "model.n_head=2",
-                 "--set", "data.sampler=random"])
+                 "--set", "data.sampler=random", "--set", "data.vocab_size=120"])
     err = capsys.readouterr().err
     assert code in (0, 2)
     if code == 2:
