@@ -52,3 +52,31 @@ def test_an_arrival_opens_the_dense_window_spike_or_not():
     assert _evaluated_steps(1, jump_at=None, dense_at=120) == _evaluated_steps(1)
     assert _evaluated_steps(1, dense_at=120) == _evaluated_steps(1)
     assert _evaluated_steps(1, jump_at=None) == [0, 50, 100, 150, 199]
+
+
+def test_a_large_set_is_evaluated_on_a_fixed_seeded_subset(tmp_path):
+    """Above train.eval_max_rows sentences the whole-set loss is a fixed, seeded subset's, the
+    summary says so, and the logged loss is that subset's mean token loss."""
+    from minitrain.core import config, datasets, zoo
+    from minitrain.core.evaluate import bounded, length_chunks, mean_loss
+    from minitrain.core.rundir import load_run
+    from minitrain.core.train import train
+
+    over = ["train.steps=1", "model.n_layer=1", "model.n_embd=16", "model.n_head=2",
+            "data.sampler=random", "train.eval_max_rows=50", "optimizer.lr=1e-30"]  # below every weight's last bit
+    cfg = config.load("experiments/19-control/config.yaml", over)
+    summary = train(cfg, tmp_path / "run", progress=False)
+    assert summary["whole_set_subset"] == {"train_loss": {"rows": 50, "of": 240, "seed": 42}}
+    ds = datasets.build(cfg)
+    sets, _ = bounded({"train_loss": ds.full}, 50, 42)
+    again, _ = bounded({"train_loss": ds.full}, 50, 42)
+    assert sets["train_loss"].sentence_ids == again["train_loss"].sentence_ids  # fixed
+    assert len(set(sets["train_loss"].sentence_ids)) == 50
+    import torch
+    torch.manual_seed(42)  # the model as train() initialised it, before its step
+    model = zoo.build(cfg.model, ds.n_in, ds.n_out)
+    b = sets["train_loss"]
+    expected = mean_loss(model, length_chunks(b.x, b.y))
+    logged = load_run(tmp_path / "run").metrics[0]["train_loss"]
+    assert logged == expected  # the subset's mean, bit for bit (the weights as built)
+    assert logged != mean_loss(model, length_chunks(ds.full.x, ds.full.y))

@@ -224,6 +224,8 @@ class TrainConfig(Section):
     eval_every: int = 1  # whole-train-set and val loss every N steps
     eval_dense: bool = True  # and every step for 100 steps after a gradient-norm jump
     dense_every: int = 1  # in those 100 steps, every N-th step (sweeps: fewer evaluations)
+    eval_max_rows: int = 4096  # above this many sentences a set is evaluated on a fixed,
+    # seeded subset of this many (summary.json: whole_set_subset); 0: always the whole set
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     instrument: bool = True  # false: write only config, tokenizer and summary (benchmarks)
     extra_logs: list[str] = field(default_factory=lambda: list(EXTRA_LOGS))  # beside metrics
@@ -247,6 +249,8 @@ class TrainConfig(Section):
             raise where("train.eval_every", "must be at least 1")
         if self.dense_every < 1:
             raise where("train.dense_every", "must be at least 1")
+        if self.eval_max_rows < 0:
+            raise where("train.eval_max_rows", "must be >= 0 (0: the whole set)")
         if self.checkpoint_every < 0:
             raise where("train.checkpoint_every", "must be >= 0")
         if self.threads < 0:

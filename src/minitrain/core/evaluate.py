@@ -9,7 +9,7 @@ from collections import deque
 
 import torch
 
-from minitrain.core.data import IGNORE
+from minitrain.core.data import IGNORE, Batch
 from minitrain.core.model import token_losses
 
 
@@ -31,6 +31,24 @@ def length_chunks(x: torch.Tensor, y: torch.Tensor, chunk: int = 64
         T = max(1, int(ends[rows].max()))
         out.append((x[rows, :T], y[rows, :T]))
     return out
+
+
+def bounded(sets: dict, max_rows: int, seed: int) -> tuple[dict, dict]:
+    """Each set as it is, or above `max_rows` examples a fixed, seeded subset of that many
+    (rows in their order), so that evaluating a long corpus costs what `max_rows` cost.
+    Returns the sets and, per cut set, {"rows": kept, "of": all, "seed": seed}."""
+    out, shares = {}, {}
+    for field, b in sets.items():
+        n = len(b.x)
+        if not max_rows or n <= max_rows:
+            out[field] = b
+            continue
+        keep = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:max_rows]
+        keep = keep.sort().values
+        ids = [b.sentence_ids[i] for i in keep.tolist()]
+        out[field] = Batch(ids, b.x[keep], b.y[keep])
+        shares[field] = {"rows": max_rows, "of": n, "seed": seed}
+    return out, shares
 
 
 @torch.inference_mode()

@@ -130,7 +130,8 @@ ADDED_KEYS = {"data.kind", "data.n_samples", "data.n_val", "data.rare_fraction",
               "train.dtype", "diagnose", "data.sources", "data.schedule", "data.phase_min",
               "data.phase_max", "data.lead_share", "data.bandit_gamma", "train.dense_every",
               "optimizer.clip_from_step", "model.init_std", "model.causal", "data.pack",
-              "optimizer.decay_steps", "train.log_thread"}
+              "optimizer.decay_steps", "train.log_thread",
+              "train.eval_max_rows"}
 
 
 LOCK = "run.lock"  # held while a run writes the directory; never deleted, so never raced

@@ -14,7 +14,7 @@ from minitrain.core import background, checkpoint, datasets, memory, observe, op
 from minitrain.core import config as config_mod
 from minitrain.core import dist as ddp
 from minitrain.core.config import Config
-from minitrain.core.evaluate import NoEvaluation, WeightCopy, WholeSetLoss
+from minitrain.core.evaluate import NoEvaluation, WeightCopy, WholeSetLoss, bounded
 from minitrain.core.optim import param_groups
 from minitrain.core.precision import LossScaler, NoScaler, forward_pass
 from minitrain.core.tokenizer import Tokenizer
@@ -79,8 +79,12 @@ def setup(cfg: Config, out: str | Path, replace: bool, resume: bool) -> Setup:
         "n_params": sum(p.numel() for p in model.parameters()), **ds.summary,
         "resumed_at_step": None, "world_size": dist.world, "device": dev.type,
     }
-    sets = {"train_loss": ds.full.to(dev), "val_loss": ds.full_val.to(dev)}
     t, o = cfg.train, cfg.optimizer
+    sets, shares = bounded({"train_loss": ds.full, "val_loss": ds.full_val}, t.eval_max_rows,
+                           cfg.seed)
+    sets = {field: b.to(dev) for field, b in sets.items()}
+    if shares:  # the "whole-set" losses are a subset's: the summary says which share
+        summary["whole_set_subset"] = shares
     arrival = cfg.data.arrive_step if cfg.data.sampler.startswith("arrival") else None
     evaluator = WholeSetLoss(forward, sets, t.steps, t.eval_every, o.warmup_steps,
                              dense=100 if t.eval_dense else 0, dense_every=t.dense_every,
