@@ -63,7 +63,8 @@ def test_a_large_set_is_evaluated_on_a_fixed_seeded_subset(tmp_path):
     from minitrain.core.train import train
 
     over = ["train.steps=1", "model.n_layer=1", "model.n_embd=16", "model.n_head=2",
-            "data.sampler=random", "train.eval_max_rows=50", "optimizer.lr=1e-30"]  # below every weight's last bit
+            "data.sampler=random", "train.eval_max_rows=50",
+            "optimizer.lr=1e-30"]  # a step below every weight's last bit
     cfg = config.load("experiments/19-control/config.yaml", over)
     summary = train(cfg, tmp_path / "run", progress=False)
     assert summary["whole_set_subset"] == {"train_loss": {"rows": 50, "of": 240, "seed": 42}}
@@ -80,3 +81,31 @@ def test_a_large_set_is_evaluated_on_a_fixed_seeded_subset(tmp_path):
     logged = load_run(tmp_path / "run").metrics[0]["train_loss"]
     assert logged == expected  # the subset's mean, bit for bit (the weights as built)
     assert logged != mean_loss(model, length_chunks(ds.full.x, ds.full.y))
+
+
+def test_the_training_sets_loss_is_split_into_its_rare_and_common_sentences(tmp_path):
+    """Runs with tracked words log the training set's loss over the tracked sentences and over
+    the others, from the same forward pass: each is that part's own mean token loss, and the
+    two weighted by their tokens give train_loss."""
+    import pytest
+
+    from minitrain.core.rundir import load_run
+    from minitrain.core.train import train
+
+    over = ["train.steps=1", "model.n_layer=1", "model.n_embd=16", "model.n_head=2",
+            "optimizer.lr=1e-30"]  # a step below every weight's last bit: the model as built
+    cfg = config.load("experiments/19-control/config.yaml", over)
+    train(cfg, tmp_path / "run", progress=False)
+    m = load_run(tmp_path / "run").metrics[0]
+    ds = datasets.build(cfg)
+    torch.manual_seed(42)
+    model = zoo.build(cfg.model, ds.n_in, ds.n_out)
+    rare = torch.tensor([i in ds.tracked["written"] for i in range(ds.n)])
+    assert int(rare.sum()) == 5
+    parts = {}
+    for name, rows in (("rare", rare), ("common", ~rare)):
+        x, y = ds.full.x[rows], ds.full.y[rows]
+        parts[name] = (mean_loss(model, length_chunks(x, y)), int((y != IGNORE).sum()))
+        assert m[f"train_loss_{name}"] == pytest.approx(parts[name][0], rel=1e-5)
+    (r, nr), (c, nc) = parts["rare"], parts["common"]
+    assert m["train_loss"] == pytest.approx((r * nr + c * nc) / (nr + nc), rel=1e-6)

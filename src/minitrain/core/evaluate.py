@@ -13,23 +13,28 @@ from minitrain.core.data import IGNORE, Batch
 from minitrain.core.model import token_losses
 
 
-def length_chunks(x: torch.Tensor, y: torch.Tensor, chunk: int = 64
+def length_chunks(x: torch.Tensor, y: torch.Tensor, chunk: int = 64, rows_out=None
                   ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """A whole set cut for evaluation: rows sorted by their last scored position, in chunks of
     `chunk`, each cut to its own longest row. Token sequences only (x integer, x and y (N, T));
     the models here are causal or per-position, so what follows a row's last scored position
-    cannot change its losses, and a chunk of short rows costs what short rows cost."""
+    cannot change its losses, and a chunk of short rows costs what short rows cost. Each
+    chunk's row indices are appended to `rows_out` when given."""
     if x.is_floating_point() or x.dim() != 2 or x.shape != y.shape:
-        return [(x[i:i + chunk], y[i:i + chunk]) for i in range(0, len(x), chunk)]
-    scored = y != IGNORE
-    pos = torch.arange(1, y.shape[1] + 1, device=y.device)
-    ends = (scored * pos).amax(dim=1)  # 1 + last scored position; 0 for a row with none
-    order = torch.argsort(ends, stable=True)
-    out = []
-    for i in range(0, len(order), chunk):
-        rows = order[i:i + chunk]
-        T = max(1, int(ends[rows].max()))
-        out.append((x[rows, :T], y[rows, :T]))
+        order = torch.arange(len(x))
+        out = [(x[i:i + chunk], y[i:i + chunk]) for i in range(0, len(x), chunk)]
+    else:
+        scored = y != IGNORE
+        pos = torch.arange(1, y.shape[1] + 1, device=y.device)
+        ends = (scored * pos).amax(dim=1)  # 1 + last scored position; 0 for a row with none
+        order = torch.argsort(ends, stable=True)
+        out = []
+        for i in range(0, len(order), chunk):
+            rows = order[i:i + chunk]
+            T = max(1, int(ends[rows].max()))
+            out.append((x[rows, :T], y[rows, :T]))
+    if rows_out is not None:
+        rows_out += [order[i:i + chunk].cpu() for i in range(0, len(order), chunk)]
     return out
 
 
@@ -62,19 +67,44 @@ def mean_loss(model, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
     return total / count
 
 
+@torch.inference_mode()
+def split_losses(model, chunks: list, masks: list[torch.Tensor]) -> tuple[float, float, float]:
+    """Mean token loss over the set (the bits of `mean_loss`), over its rows where `masks` (one
+    bool tensor per chunk) is true, and over the others: one forward pass serves all three."""
+    total = count = 0
+    part = {True: [0.0, 0], False: [0.0, 0]}
+    for (x, y), mask in zip(chunks, masks, strict=True):
+        tl = token_losses(model(x), y, IGNORE)
+        scored = y != IGNORE
+        total += float(tl.sum())
+        count += int(scored.sum())
+        for side, rows in ((True, mask), (False, ~mask)):
+            part[side][0] += float(tl[rows].sum())
+            part[side][1] += int(scored[rows].sum())
+    mean = {side: s / n if n else float("nan") for side, (s, n) in part.items()}
+    return total / count, mean[True], mean[False]
+
 
 class WholeSetLoss:
     """The whole-set losses (train_loss, val_loss) of a step, when it is due: every `every`
     steps, at the last step, and for `dense` steps after the pre-clip norm jumps past `jump` x
     its recent median (or from `dense_at`, the arrival of an arrival sampler, so that runs with
     and without a spike there are measured on the same steps) at each step divisible by
-    `dense_every` (1: all of them), so the whole-set curve around a spike is complete."""
+    `dense_every` (1: all of them), so the whole-set curve around a spike is complete.
+    `rare`: a bool per row of a set ({"train_loss": mask}): that set's loss is also measured
+    over those rows (`train_loss_rare`) and the others (`train_loss_common`), since a whole-set
+    rise mixes learning the rare sentences with forgetting the rest."""
 
     def __init__(self, model, sets, total_steps, every, warmup, jump=3.0, dense=100, window=50,
-                 dense_every=1, dense_at=None):
+                 dense_every=1, dense_at=None, rare: dict | None = None):
         self.model = model
         # {"train_loss": chunks, "val_loss": chunks}, cut once: the sets never change
-        self.sets = {field: length_chunks(b.x, b.y) for field, b in sets.items()}
+        self.sets, self.masks = {}, {}
+        for field, b in sets.items():
+            rows: list = []
+            self.sets[field] = length_chunks(b.x, b.y, rows_out=rows)
+            if rare and field in rare and rare[field].any():
+                self.masks[field] = [rare[field][r] for r in rows]
         self.total, self.every, self.jump, self.dense = total_steps, every, jump, dense
         self.dense_every = dense_every
         self.dense_at = dense_at  # a step the dense window opens at whatever the norm does
@@ -103,7 +133,19 @@ class WholeSetLoss:
     def measure(self, forward=None) -> dict[str, float]:
         """{"train_loss": ..., "val_loss": ...} of the model now, or of `forward`."""
         forward = forward or self.model
-        return {field: mean_loss(forward, chunks) for field, chunks in self.sets.items()}
+        out = {}
+        for field, chunks in self.sets.items():
+            if field in self.masks:
+                out[field], out[f"{field}_rare"], out[f"{field}_common"] = \
+                    split_losses(forward, chunks, self.masks[field])
+            else:
+                out[field] = mean_loss(forward, chunks)
+        return out
+
+    @property
+    def split(self) -> list[str]:
+        """The extra fields `measure` gives: train_loss_rare and _common when split."""
+        return [f"{field}_{side}" for field in self.masks for side in ("rare", "common")]
 
     def losses(self, step: int, grad_norm: float) -> dict[str, float]:
         """The whole-set losses when step is due (`due`), else {}."""

@@ -26,9 +26,10 @@ from minitrain.core.record import Observer, Writer
 class MetricsLog(Writer):
     """metrics.jsonl: one line of scalars per step."""
 
-    def __init__(self, out: Path, params: list[torch.Tensor]):
+    def __init__(self, out: Path, params: list[torch.Tensor], split: bool = False):
         self.w = rundir.JsonlWriter(out / rundir.METRICS)
         self.params = params
+        self.split = split  # the training set's loss also over its rare and common sentences
 
     def capture(self, r):
         with torch.no_grad():  # a new tensor: the weights may change before it is read
@@ -45,6 +46,8 @@ class MetricsLog(Writer):
             "skipped": s.skipped, "grad_z": None if math.isnan(s.grad_z) else s.grad_z,
             "weight_norm": float(weight_norm),
             "train_loss": r.train_loss, "val_loss": r.val_loss,
+            **({"train_loss_rare": r.train_loss_rare, "train_loss_common": r.train_loss_common}
+               if self.split else {}),
             "tokens": r.n_tokens,  # no timings here: same config and seed, same bytes
             **({} if r.loss_scale is None else {"loss_scale": r.loss_scale}),
         })
@@ -258,13 +261,13 @@ class Progress(Observer):
 
 
 def build(cfg: Config, out: Path, ds, model, opt: Optimizer, names: list[str], sampler,
-          start: int, progress: bool, writer: bool) -> list[Observer]:
+          start: int, progress: bool, writer: bool, split=()) -> list[Observer]:
     """The observers a config asks for; only rank 0 (`writer`) has any."""
     if not writer:
         return []
     observers: list[Observer] = []
     if cfg.train.instrument:
-        observers += [MetricsLog(out, opt.params),
+        observers += [MetricsLog(out, opt.params, split=bool(split)),
                       BatchLog(out, ds.tracked, ds.pieces, ds.source_of)]
         if ds.source_of is not None:
             observers.append(PhaseLog(out, sampler))

@@ -24,6 +24,8 @@ class StepRecord:
     loss_scale: float | None = None  # fp16 runs: the loss scale this step used
     train_loss: float | None = None  # whole training set, when evaluated this step
     val_loss: float | None = None  # the held-out set, on the same steps
+    train_loss_rare: float | None = None  # the training set's tracked sentences alone...
+    train_loss_common: float | None = None  # ...and the others (runs with tracked words)
 
 
 class Observer:

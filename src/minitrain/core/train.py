@@ -86,9 +86,12 @@ def setup(cfg: Config, out: str | Path, replace: bool, resume: bool) -> Setup:
     if shares:  # the "whole-set" losses are a subset's: the summary says which share
         summary["whole_set_subset"] = shares
     arrival = cfg.data.arrive_step if cfg.data.sampler.startswith("arrival") else None
+    rare_ids = set().union(*ds.tracked.values()) if ds.tracked else set()
+    rare = {"train_loss": torch.tensor([i in rare_ids for i in sets["train_loss"].sentence_ids],
+                                       dtype=torch.bool)}
     evaluator = WholeSetLoss(forward, sets, t.steps, t.eval_every, o.warmup_steps,
                              dense=100 if t.eval_dense else 0, dense_every=t.dense_every,
-                             dense_at=arrival)
+                             dense_at=arrival, rare=rare)
     parts = {"model": model, "optimizer": opt, "sampler": sampler, "evaluator": evaluator}
     scaler = LossScaler() if t.dtype == "float16" else NoScaler()  # fp16's narrow range
     if t.dtype == "float16":
@@ -132,6 +135,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
     t_start = time.perf_counter()
     s = setup(cfg, out, replace, resume)
     observers = observe.build(cfg, s.out, s.ds, s.model, s.opt, s.names, s.sampler, s.start,
+                              split=s.evaluator.split,
                               progress=progress, writer=s.writer)
     t = cfg.train
     instrumented = t.instrument and s.writer

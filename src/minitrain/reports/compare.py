@@ -16,7 +16,7 @@ def markdown(result: dict) -> str:
     lines = [f"Spike step: {_cell(result['spike_step'])}", "",
              f"| | {result['a']} | {result['b']} |", "|---|---:|---:|"]
     for key in dict.fromkeys([*sa, *sb]):
-        lines.append(f"| {key} | {_cell(sa.get(key))} | {_cell(sb.get(key))} |")
+        lines.append(f"| {key} | {_cell(sa.get(key, 'n/a'))} | {_cell(sb.get(key, 'n/a'))} |")
     return "\n".join(lines)
 
 
@@ -70,7 +70,7 @@ def _print(a: Run, b: Run, step, result) -> None:
     sa, sb = result["a_summary"], result["b_summary"]
     keys = list(dict.fromkeys([*sa, *sb]))
     for key in keys:
-        table.add_row(key, _cell(sa.get(key)), _cell(sb.get(key)))
+        table.add_row(key, _cell(sa.get(key, "n/a")), _cell(sb.get(key, "n/a")))
     con.print(table)
     if step is None or step >= len(b.batches):
         return

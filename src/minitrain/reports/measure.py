@@ -124,10 +124,12 @@ def _median_before(trace: np.ndarray, step: int, n: int = 20) -> float:
     return float(np.median(window)) if len(window) else np.nan
 
 
-def whole_set_around(run: Run, step: int, min_rise: float = 0.0) -> dict:
+def whole_set_around(run: Run, step: int, min_rise: float = 0.0, key: str = "train_loss"
+                     ) -> dict:
     """Whole-set loss before `step`, worst within 150 steps from it, the rise, and when back
-    ('no rise' for a rise up to `min_rise`)."""
-    whole = run.column("train_loss")
+    ('no rise' for a rise up to `min_rise`); of the metrics field `key` (train_loss_rare, say)
+    when given."""
+    whole = run.column(key)
     before = whole[:step][np.isfinite(whole[:step])]
     after = whole[step:step + 150]
     out = {"whole_before": before[-1] if len(before) else np.nan,
@@ -165,6 +167,10 @@ def summarise(run: Run, step: int) -> dict:
     })
     s["whole_rise"] = around["whole_rise"]
     s["whole back within 10% of rise, steps"] = around["whole back within 10% of rise, steps"]
+    for part in ("common", "rare"):  # the rise split: forgetting the rest vs the new sentences
+        if np.isfinite(run.column(f"train_loss_{part}")).any():
+            s[f"whole_rise, {part} sentences"] = \
+                whole_set_around(run, step, key=f"train_loss_{part}")["whole_rise"]
     s.update(densest_batch(run))
     for piece, table in run.tracked_rows():
         before, at = v_around(run, piece, table, step)
