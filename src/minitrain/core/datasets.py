@@ -32,6 +32,10 @@ class Dataset:
     summary: dict = field(default_factory=dict)  # extra summary.json fields
     source_of: list[str] | None = None  # mixture: each training example's source name
     source_ids: list[list[int]] | None = None  # mixture: the example ids of each source
+
+    def rare_ids(self) -> set[int]:
+        """The ids of every tracked example (any tracked word or token)."""
+        return set().union(*self.tracked.values()) if self.tracked else set()
     row_len: int = 0  # packed: the training rows' length (block_size); 0: as long as `full`'s
 
 
@@ -51,7 +55,7 @@ def sampler(cfg: Config, ds: Dataset):
                               cfg.seed, d.schedule, d.phase_min, d.phase_max, d.lead_share,
                               d.bandit_gamma)
     # packed, the ids are windows: the rare sentences are not among them (nor sampled apart)
-    rare_ids = set().union(*ds.tracked.values()) if ds.tracked and not d.pack else set()
+    rare_ids = ds.rare_ids() if not d.pack else set()
     return Sampler(ds.n, d.batch_size, d.sampler, cfg.seed, rare_ids, d.arrive_step,
                    d.arrive_gap)
 

@@ -57,32 +57,29 @@ def bounded(sets: dict, max_rows: int, seed: int) -> tuple[dict, dict]:
 
 
 @torch.inference_mode()
-def mean_loss(model, chunks: list[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    """Mean token loss over a whole set given as `length_chunks`."""
-    total, count = 0.0, 0
-    for x, y in chunks:
-        tl = token_losses(model(x), y, IGNORE)
-        total += float(tl.sum())
-        count += int((y != IGNORE).sum())
-    return total / count
-
-
-@torch.inference_mode()
-def split_losses(model, chunks: list, masks: list[torch.Tensor]) -> tuple[float, float, float]:
-    """Mean token loss over the set (the bits of `mean_loss`), over its rows where `masks` (one
-    bool tensor per chunk) is true, and over the others: one forward pass serves all three."""
+def split_losses(model, chunks: list, masks: list[torch.Tensor] | None = None
+                 ) -> tuple[float, float, float]:
+    """Mean token loss over a whole set given as `length_chunks` and, with `masks` (one bool
+    tensor per chunk, over its rows), over the rows where it is true and over the others: one
+    forward pass serves all three (nan for the parts without masks)."""
     total = count = 0
     part = {True: [0.0, 0], False: [0.0, 0]}
-    for (x, y), mask in zip(chunks, masks, strict=True):
+    for i, (x, y) in enumerate(chunks):
         tl = token_losses(model(x), y, IGNORE)
         scored = y != IGNORE
         total += float(tl.sum())
         count += int(scored.sum())
-        for side, rows in ((True, mask), (False, ~mask)):
-            part[side][0] += float(tl[rows].sum())
-            part[side][1] += int(scored[rows].sum())
+        if masks is not None:
+            for side, rows in ((True, masks[i]), (False, ~masks[i])):
+                part[side][0] += float(tl[rows].sum())
+                part[side][1] += int(scored[rows].sum())
     mean = {side: s / n if n else float("nan") for side, (s, n) in part.items()}
     return total / count, mean[True], mean[False]
+
+
+def mean_loss(model, chunks: list) -> float:
+    """Mean token loss over a whole set given as `length_chunks`."""
+    return split_losses(model, chunks)[0]
 
 
 class WholeSetLoss:
@@ -178,6 +175,3 @@ class NoEvaluation:
 
     def due(self, step: int, grad_norm: float) -> bool:
         return False
-
-    def losses(self, step: int, grad_norm: float) -> dict[str, float]:
-        return {}

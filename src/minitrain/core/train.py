@@ -86,7 +86,7 @@ def setup(cfg: Config, out: str | Path, replace: bool, resume: bool) -> Setup:
     if shares:  # the "whole-set" losses are a subset's: the summary says which share
         summary["whole_set_subset"] = shares
     arrival = cfg.data.arrive_step if cfg.data.sampler.startswith("arrival") else None
-    rare_ids = set().union(*ds.tracked.values()) if ds.tracked else set()
+    rare_ids = ds.rare_ids()
     rare = {"train_loss": torch.tensor([i in rare_ids for i in sets["train_loss"].sentence_ids],
                                        dtype=torch.bool)}
     evaluator = WholeSetLoss(forward, sets, t.steps, t.eval_every, o.warmup_steps,
