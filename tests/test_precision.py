@@ -103,3 +103,26 @@ def test_an_fp16_overflow_drops_the_step_and_the_run_goes_on(tmp_path, monkeypat
     assert all(r["update_norm"] == 0 for r in m[:len(dropped)]) and m[-1]["update_norm"] > 0
     scales = [r["loss_scale"] for r in m[:len(dropped) + 1]]
     assert all(b == a / 2 for a, b in zip(scales, scales[1:]))
+
+
+def test_an_uncompiled_run_is_deterministic_without_the_compiler(tmp_path):
+    """train() turns deterministic kernels on; unless the forward is compiled it does so
+    without importing torch's compiler (about 1.7 s of CPU a process on the CI machine)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = (
+        "import sys, torch\n"
+        "from minitrain.core import config\n"
+        "from minitrain.core.train import train\n"
+        f"cfg = config.load({str(ROOT / 'experiments/healthy/config.yaml')!r}, "
+        "['train.steps=2'])\n"
+        f"train(cfg, {str(tmp_path / 'run')!r}, progress=False)\n"
+        "assert torch.are_deterministic_algorithms_enabled()\n"
+        "print('torch._inductor' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"

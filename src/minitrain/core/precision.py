@@ -63,6 +63,19 @@ class LossScaler:
         self.scale, self.good_steps = state["scale"], state["good_steps"]
 
 
+def deterministic(compiled: bool) -> None:
+    """Deterministic kernels only, from here on: on CUDA this picks the attention backward's
+    deterministic kernels (its defaults are not), and an op with none stops the run rather
+    than drift. torch.use_deterministic_algorithms also sets the compiler's own flag, and
+    importing the compiler for it costs a process about 1.7 s of CPU here: an uncompiled run
+    sets torch's flag alone (the same call the public one makes after the compiler's)."""
+    core = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if compiled or core is None:
+        torch.use_deterministic_algorithms(True)
+    else:
+        core(True, warn_only=False)
+
+
 def forward_pass(model: torch.nn.Module, device: torch.device, train_cfg):
     """The model's forward as configured (compiled or not; bf16 or fp16 autocast, or fp32),
     returning fp32 logits so the losses, the logs and the optimizer stay in fp32."""

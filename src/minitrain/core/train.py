@@ -16,7 +16,7 @@ from minitrain.core import dist as ddp
 from minitrain.core.config import Config
 from minitrain.core.evaluate import NoEvaluation, WeightCopy, WholeSetLoss, bounded
 from minitrain.core.optim import param_groups
-from minitrain.core.precision import LossScaler, NoScaler, forward_pass
+from minitrain.core.precision import LossScaler, NoScaler, deterministic, forward_pass
 from minitrain.core.tokenizer import Tokenizer
 from minitrain.loop import Loop
 
@@ -50,9 +50,7 @@ def setup(cfg: Config, out: str | Path, replace: bool, resume: bool) -> Setup:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
-    # on CUDA this also picks the attention backward's deterministic kernels (its defaults
-    # are not); an op with no deterministic kernel would stop the run rather than drift
-    torch.use_deterministic_algorithms(True)
+    deterministic(compiled=cfg.train.compile)
 
     # data (corpus -> tokenizer -> encoded sentences, or a synthetic kind) -> model
     ds = datasets.build(cfg)
