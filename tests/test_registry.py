@@ -29,7 +29,7 @@ def _configs(folder: str) -> list[config.Config]:
     here = ROOT / "experiments" / folder
     if (here / "sweep.yaml").is_file():
         spec = sweep.load_spec(here / "sweep.yaml")
-        cfgs = [config.load(spec.base, ov) for _, ov, _ in spec.runs()]
+        cfgs = [config.load(spec.base, sweep.stand_in(ov)) for _, ov, _ in spec.runs()]
     else:
         cfgs = [config.load(here / "config.yaml")]
     step = max(1, len(cfgs) // SAMPLE)

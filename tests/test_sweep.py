@@ -133,6 +133,50 @@ def test_branched_runs_equal_runs_trained_from_scratch(tmp_path):
     assert metrics[100]["grad_z"] is not None and not any(m["skipped"] for m in metrics[:120])
 
 
+SUGGESTED_SPEC = SPEC.split("cells:")[0] + """\
+branch_from: no clip
+cells:
+  no clip: [train.checkpoint_every=120]
+  suggested from 120: [optimizer.grad_clip=@suggested_clip, optimizer.clip_from_step=120]
+"""
+
+
+def test_a_suggested_clip_is_each_seeds_own(tmp_path):
+    """@suggested_clip becomes, per seed, the clip diagnose suggests from that seed's source
+    run before the clip starts; the guarded run waits for its source, then branches from it,
+    and its config holds the number."""
+    from minitrain.core.rundir import load_run
+    from minitrain.reports.measure import suggest_clip
+
+    spec_path = tmp_path / "sweep.yaml"
+    spec_path.write_text(SUGGESTED_SPEC.format(
+        base=ROOT / "experiments/19-break-no-clip/config.yaml", out=tmp_path / "runs"),
+        encoding="utf-8")
+    spec = sweep.load_spec(spec_path)
+    assert sweep.run(spec, log=lambda *_: None) == {"already done": 0, "completed": 4,
+                                                     "branched": 2}
+    clips = []
+    for seed in (1, 2):
+        source = load_run(tmp_path / f"runs/no-clip/seed-{seed}")
+        guarded = load_run(tmp_path / f"runs/suggested-from-120/seed-{seed}")
+        clips.append(guarded.config["optimizer"]["grad_clip"])
+        assert clips[-1] == suggest_clip(source, 120)
+        assert guarded.summary["branched_from"]["step"] == 120
+    assert clips[0] != clips[1]  # each seed its own
+    assert sweep.run(spec, log=lambda *_: None) == {"already done": 4}  # resolved, then found
+    table = {r["cell"]: r for r in phase19.report(spec)["measured"]}
+    assert table["suggested from 120"]["median clip"] == pytest.approx(sum(clips) / 2)
+
+
+def test_a_suggested_clip_needs_a_source(tmp_path):
+    text = SPEC.split("cells:")[0] + "cells:\n  a: [optimizer.grad_clip=@suggested_clip]\n"
+    (tmp_path / "s.yaml").write_text(text.format(base=ROOT / "experiments/19-control/config.yaml",
+                                                 out=tmp_path / "runs"), encoding="utf-8")
+    proc = _cli("sweep", str(tmp_path / "s.yaml"))
+    assert proc.returncode == 2 and "@suggested_clip is read from the branch_from" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
 def test_branch_refuses_configs_that_differ_before_the_checkpoint():
     base = ROOT / "experiments/19-break-no-clip/config.yaml"
     src = config.load(base)

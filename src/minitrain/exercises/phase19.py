@@ -25,6 +25,7 @@ from minitrain.reports.measure import (
     whole_set_around,
 )
 from minitrain.reports.pages import fmt
+from minitrain.tools import sweep
 
 NAME, FOLDER, BLOCKS = "phase-19", "19-break-no-clip", ("sweep", "sweep-guard")
 RUNS = Runs("corpus", "gpt", arrival=True)  # the rare data arrives within every run
@@ -50,7 +51,9 @@ def run_row(run: rundir.Run) -> dict:
     ordinary = np.arange(len(g)) >= start
     if step is not None:
         ordinary &= np.arange(len(g)) < step
+    clip = run.config["optimizer"]["grad_clip"]
     row = {"status": run.summary["status"], "steps": len(run.metrics),
+           "clip": np.nan if clip is None else float(clip),  # a suggested one is per seed
            "diverged": run.summary["status"] == "diverged",
            "clipped_ordinary": float(np.mean(post[ordinary] < g[ordinary] * (1 - 1e-9)))
            if ordinary.any() else np.nan,
@@ -68,14 +71,18 @@ def run_row(run: rundir.Run) -> dict:
         "ratio": float(norm_ratios(run)[step]),
         "whole_before": around["whole_before"], "whole_rise": around["whole_rise"],
         "recovery_steps": around["whole back within 10% of rise, steps"],  # or "no rise"
+        # the rise split: the common sentences forgotten, the rare ones learned (nan when the
+        # run logs no split)
+        **{f"{part}_rise": whole_set_around(run, step, key=f"train_loss_{part}")["whole_rise"]
+           for part in ("common", "rare")},
         "final_gap": float(final[-1] - around["whole_before"]) if len(final) else np.nan,
     })
     return row
 
 
-COLUMNS = ["cell", "seed", "status", "spiked", "spiked_later", "diverged", "ordinary_norm", "ratio",
-           "whole_before", "whole_rise", "recovery_steps", "final_gap", "clipped_ordinary",
-           "skipped_steps"]
+COLUMNS = ["cell", "seed", "status", "clip", "spiked", "spiked_later", "diverged",
+           "ordinary_norm", "ratio", "whole_before", "whole_rise", "common_rise", "rare_rise",
+           "recovery_steps", "final_gap", "clipped_ordinary", "skipped_steps"]
 
 
 def collect(spec, row=run_row, reads: Runs = RUNS, name: str = NAME) -> list[dict]:
@@ -83,7 +90,7 @@ def collect(spec, row=run_row, reads: Runs = RUNS, name: str = NAME) -> list[dic
     there yet is "missing". The handout sweep's table reads its runs through it too."""
     rows = []
     for label, overrides, path in spec.runs():
-        seed = config_mod.load(spec.base, overrides).seed
+        seed = config_mod.load(spec.base, sweep.stand_in(overrides)).seed
         try:
             run = rundir.load_run(path)
         except rundir.RunDirError:  # not trained yet
@@ -114,8 +121,11 @@ def cell_table(rows: list[dict]) -> list[dict]:
             "spiked later": sum(bool(r.get("spiked_later")) for r in rs),
             "diverged": sum(r["diverged"] for r in rs),
             "ordinary norm": _median(r.get("ordinary_norm") for r in rs),
+            "median clip": _median(r.get("clip") for r in rs),
             "median ratio": _median(r.get("ratio") for r in rs),
             "median whole-set rise": _median(r.get("whole_rise") for r in rs),
+            "common sentences": _median(r.get("common_rise") for r in rs),
+            "rare sentences": _median(r.get("rare_rise") for r in rs),
             f"rise > {MIN_RISE:g}": len(rose),
             "median recovery steps": _median(r.get("recovery_steps") for r in rose) if rose
             else "no rise",
@@ -136,7 +146,9 @@ def markdown(table: list[dict]) -> str:
     rows = [[_fmt(row[k]) if k != "clipped ordinary steps" or not np.isfinite(row[k])
              else fmt(row[k], ".0%") for k in head] for row in table]
     rule = (f"Recovery columns: over the runs with a whole-set rise > {MIN_RISE:g} only "
-            "(\"no rise\" when there is none).")
+            "(\"no rise\" when there is none). *common sentences*, *rare sentences*: the median "
+            "rise of the whole-set loss over the training sentences without the rare word and "
+            "over those with it (a fall is negative).")
     return pages.table(head, rows) + "\n\n" + rule + "\n"
 
 
@@ -149,6 +161,15 @@ def to_csv(rows: list[dict], columns: list[str]) -> str:
     return buf.getvalue()
 
 
+def made_on(spec) -> str:
+    """The line under a sweep block saying what made it: the runs' machine is the reader's
+    (the sweep trains and reads on one), the commit is the code that read them."""
+    path = Path(spec.path).resolve()
+    path = path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
+    return (f"Made by `minitrain sweep {path.as_posix()}` on {pages.machine()} at commit "
+            f"{pages.commit(spec.path.parent)}.\n")
+
+
 def report(spec, page=()) -> dict:
     """Write results.csv (per run), summary.csv/.md (per cell) and sweep.png next to the sweep
     file `spec`; fill the spec's measured block (`sweep` unless it names another) of each
@@ -158,7 +179,7 @@ def report(spec, page=()) -> dict:
     where = spec.path.parent
     (where / "results.csv").write_text(to_csv(rows, COLUMNS), encoding="utf-8")
     (where / "summary.csv").write_text(to_csv(table, list(table[0])), encoding="utf-8")
-    text = markdown(table)
+    text = markdown(table) + "\n" + made_on(spec)
     (where / "summary.md").write_text(text, encoding="utf-8")
     picture(rows, where / "sweep.png")
     for p in [page] if isinstance(page, (str, Path)) else page or ():

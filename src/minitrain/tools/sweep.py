@@ -10,7 +10,10 @@ spec has no cells, grid or seeds). A run whose directory already holds a complet
 same resolved config is not run again, so an interrupted sweep goes on where it stopped.
 With `branch_from: <cell>`, the runs of the other cells start from that cell's checkpoint
 (same seed and grid point) where minitrain.tools.branch proves it changes nothing, and train from
-scratch where it cannot; the log says which, and why.
+scratch where it cannot; the log says which, and why. A cell's value `@suggested_clip`
+(`optimizer.grad_clip=@suggested_clip`) is read from that source run: the clip
+`minitrain diagnose` suggests from its norms before the cell's `optimizer.clip_from_step`, so
+each seed is guarded at its own run's suggestion.
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ import yaml
 from minitrain.core import config as config_mod
 from minitrain.core import rundir
 from minitrain.core.config import ConfigError
+
+SUGGESTED = "@suggested_clip"  # a value read from the cell's source run (resolve)
+STAND_IN = "1.0"  # the value validation and ordering see before the source is trained
 
 
 @dataclass
@@ -73,6 +79,50 @@ class Spec:
                             self.out / slug(label))
                     out.append((full, [*self.common, *sets, *point, *seed_set], path, src))
         return out
+
+
+def _suggesting(overrides: list[str]) -> bool:
+    return any(o.split("=", 1)[-1].strip() == SUGGESTED for o in overrides)
+
+
+def stand_in(overrides: list[str]) -> list[str]:
+    """The overrides with STAND_IN for each @suggested_clip: what a run's config is, but for
+    that number (its seed, its branch, its validity)."""
+    return [o.split("=", 1)[0] + "=" + STAND_IN if o.split("=", 1)[-1].strip() == SUGGESTED
+            else o for o in overrides]
+
+
+def resolve(base: Path, overrides: list[str], source: Path | None) -> list[str]:
+    """The overrides with each @suggested_clip made the number the clip rule of
+    `minitrain diagnose` (reports.measure.suggest_clip) gives on the source run's pre-clip
+    norms before the run's optimizer.clip_from_step (its whole log when that is 0)."""
+    if not _suggesting(overrides):
+        return overrides
+    from minitrain.reports.measure import suggest_clip
+
+    try:
+        run = rundir.load_run(source) if source is not None else None
+    except rundir.RunDirError as e:
+        raise ConfigError(f"{SUGGESTED}: the source run is not readable: {e}") from None
+    if run is None:
+        raise ConfigError(f"{SUGGESTED}: needs branch_from (the run it is read from)")
+    step = config_mod.load(base, stand_in(overrides)).optimizer.clip_from_step or None
+    value = suggest_clip(run, step)
+    if value is None:
+        raise ConfigError(f"{SUGGESTED}: {source} has fewer than 10 norms before step {step}")
+    return [o.split("=", 1)[0] + f"={value!r}" if o.split("=", 1)[-1].strip() == SUGGESTED
+            else o for o in overrides]
+
+
+def _config(spec: Spec, overrides: list[str], path: Path):
+    """A run's config: its suggested clip resolved when its source is trained, else STAND_IN."""
+    src = spec.sources().get(path) if _suggesting(overrides) else None
+    if src is not None and (src / rundir.SUMMARY).exists():
+        try:
+            return config_mod.load(spec.base, resolve(spec.base, overrides, src))
+        except ConfigError:
+            pass
+    return config_mod.load(spec.base, stand_in(overrides))
 
 
 def _yaml(v) -> str:
@@ -138,8 +188,11 @@ def load_spec(path: str | Path) -> Spec:
                 {str(k) if k is not None else "": v for k, v in cells.items()},
                 [(str(k), v) for k, v in grid.items()], jobs,
                 Path(raw.get("out", path.parent / "runs")), report, branch_from, block)
-    for _, overrides, _ in spec.runs():  # every run's config is validated before any starts
-        config_mod.load(spec.base, overrides)
+    for label, overrides, path in spec.runs():  # every run's config is validated first
+        config_mod.load(spec.base, stand_in(overrides))
+        if _suggesting(overrides) and path not in spec.sources():
+            raise bad(f"cells.{label}", f"{SUGGESTED} is read from the branch_from cell's "
+                      "runs: it needs branch_from, and cannot be in that cell")
     return spec
 
 
@@ -185,9 +238,10 @@ def _order(spec: Spec, todo: list[tuple[list[str], Path]]):
     waiting, jobs = {}, {}
     for ov, out in todo:
         src = sources.get(out)
-        if src is not None and config_gap(config_mod.load(spec.base, overrides[src]),
-                                          config_mod.load(spec.base, ov)) is not None:
-            src = None
+        if src is not None and not _suggesting(ov) and config_gap(
+                config_mod.load(spec.base, overrides[src]), config_mod.load(spec.base, ov)
+        ) is not None:
+            src = None  # a suggested clip waits for its source, branched or not
         jobs[out] = (ov, out, src)
         if src in pending:
             waiting.setdefault(src, []).append(jobs[out])
@@ -201,7 +255,7 @@ def run(spec: Spec, log=print, force: bool = False) -> dict[str, int]:
     counts by outcome."""
     runs = spec.runs()
     todo = [(ov, out) for _, ov, out in runs
-            if force or not done_before(out, config_mod.load(spec.base, ov))]
+            if force or not done_before(out, _config(spec, ov, out))]
     counts = {"already done": len(runs) - len(todo)}
     log(f"{spec.path}: {len(runs)} runs, {counts['already done']} already done, "
         f"{len(todo)} to run on {spec.jobs} process{'es' * (spec.jobs > 1)}")
@@ -220,6 +274,7 @@ def run(spec: Spec, log=print, force: bool = False) -> dict[str, int]:
 
     def args(job):
         ov, out, src = job
+        ov = resolve(spec.base, ov, spec.sources().get(out))  # its source is trained by now
         return str(spec.base), ov, str(out), None if src is None else str(src)
 
     if spec.jobs == 1:  # small runs: no process start-up, no pool
