@@ -127,6 +127,53 @@ def test_page_numbers_come_from_these_runs(runs, tmp_path, a, b):
         assert values == pytest.approx(published[row], rel=rel, abs=1e-3), row
 
 
+def test_the_split_reading_says_what_its_numbers_say():
+    from minitrain.reports.compare import split_reading
+
+    def said(w, c, r):
+        return split_reading("R", {"whole_rise": w, "whole_rise, common sentences": c,
+                                   "whole_rise, rare sentences": r})
+
+    assert said(0.857, 1.009, -4.237) == ("R: whole-set rise +0.857; its common sentences rise "
+                                          "(+1.01: forgotten), its rare ones fall (-4.24: "
+                                          "learned).")
+    assert said(0.043, 0.226, -1.81).startswith("R: no whole-set rise above 0.1 (+0.043), yet "
+                                                "its common sentences rise (+0.226")
+    assert said(0.05, 0.02, -0.05) == ("R: no whole-set rise above 0.1 (+0.05); its common "
+                                       "sentences hold (+0.02), its rare ones hold (-0.05).")
+    assert "its rare ones rise (+2)" in said(0.3, 0.05, 2.0)
+    assert split_reading("R", {"whole_rise": 0.5}) is None  # a run without the split
+
+
+_NUMBER = r"[+-]?\d+(?:\.\d+)?(?:e[+-]?\d+)?"
+
+
+def test_the_pages_split_readings_are_its_numbers():
+    """Each generated line under a compare block's table, against that table's numbers."""
+    from minitrain.reports.compare import split_reading
+
+    checked = 0
+    for key in sorted(pages.blocks(PAGE)):
+        block = pages.block_text(PAGE, key)
+        if "whole_rise, common sentences" not in block:
+            continue
+        head = [c.strip() for c in block.split("\n| |")[1].split("\n")[0].strip("|").split("|")]
+        table = _numbers(block)
+        lines = [ln[2:] for ln in block.splitlines() if ln.startswith("- ")]
+        for i, name in enumerate(head):
+            fields = ("whole_rise", "whole_rise, common sentences", "whole_rise, rare sentences")
+            s = {f: table[f][i] for f in fields}
+            mine = split_reading(name, s)
+            theirs = [ln for ln in lines if ln.startswith(f"{name}:")]
+            assert len(theirs) == 1, (key, name)
+            assert re.sub(_NUMBER, "#", theirs[0]) == re.sub(_NUMBER, "#", mine), (key, name)
+            assert [float(x) for x in re.findall(_NUMBER, theirs[0].split(name, 1)[1])] == \
+                pytest.approx([float(x) for x in re.findall(_NUMBER, mine.split(name, 1)[1])],
+                              rel=5e-3), (key, name)
+            checked += 1
+    assert checked >= 8  # the compare blocks of the page's runs
+
+
 def test_the_handout_table_is_what_the_runs_give(runs):
     """The page's handout-vs-ours block: its words are these runs' (every number masked), its
     numbers theirs within 2%; the recover/NaN row quotes the sweep's table."""
@@ -178,6 +225,44 @@ def test_the_pages_words_about_the_norms_hold(runs):
     assert 2.5 <= 1.0 / b["baseline_median"] <= 3.5
     assert 1.0 < 1.0 / a["baseline_median"] < 1.5
     assert a["clipped_steps_before"] > 0.5
+
+
+def test_the_diagnostic_ladder_holds_rung_by_rung(runs):
+    """The page's diagnostic ladder, each rung's claim checked on fresh runs of Run A and B
+    (rung 6's cause is test_diagnose_names_the_cause_of_each_run's)."""
+    from minitrain.reports.measure import MIN_RISE, sentence_texts, summarise, top_tokens
+
+    ladder = PAGE.read_text(encoding="utf-8").split("## Diagnostic ladder")[1].split("\n## ")[0]
+    a, b = runs["19-control"], runs["19-break-no-clip"]
+    step = 1200
+    # 1. loss panel: both batch losses jump at the spike; only Run B's whole-set loss climbs
+    for run in (a, b):
+        loss = run.column("loss")
+        assert loss[step] > 3 * np.median(loss[step - 20:step]), run.name
+    sa, sb = summarise(a, step), summarise(b, step)
+    assert sb["whole_rise"] > MIN_RISE >= sa["whole_rise"]
+    assert "only Run B's\n   thick whole-set line climbs" in ladder
+    # 2. norm panel: Run B's pre-clip norm jumps and stays raised; Run A's post-clip line never
+    # goes above 1.0; Run B's post-clip line is its pre-clip line
+    g = b.column("grad_norm_pre_clip")
+    assert g[step] > 5 * np.median(g[step - 50:step])
+    assert np.median(g[step + 1:step + 31]) > 1.5 * np.median(g[step - 50:step])
+    assert np.nanmax(a.column("grad_norm_post_clip")) <= 1.0 + 1e-6
+    np.testing.assert_array_equal(b.column("grad_norm_post_clip"), g)
+    assert "never goes above 1.0" in ladder and "is its pre-clip line" in ladder
+    # 3. batch composition: five "written" sentences in the spike batch
+    assert b.batches[step]["words"] == {"written": 5}
+    assert sum("written" in text for _, text in sentence_texts(b, step)) == 5
+    assert '`"words": {"written": 5}`' in ladder
+    # 4. per-token losses: a right tail, and ▁written among the top pieces
+    tl = b.token_losses(step)["loss"]
+    assert np.max(tl) > 10 * np.median(tl)
+    assert "▁written" in [piece for piece, _, _ in top_tokens(b, step)]
+    # 5. Adam's moments: v of the ▁written rows jumps at the spike, the input row's from
+    # exactly 0, and neither comes back within 2x by the run's end
+    assert sb["v jump x [▁written wte]"] == "from 0" and sb["v jump x [▁written head]"] > 10
+    assert sb["v back within 2x, steps [▁written head]"] is None
+    assert "does not come back within the run" in ladder
 
 
 def test_diagnose_names_step_batch_piece_and_word(runs):

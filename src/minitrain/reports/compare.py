@@ -3,10 +3,18 @@ terminal summary, one PNG of panels, and the table for a page's `A-vs-B` block."
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from minitrain.core.rundir import Run, RunDirError, load_run
-from minitrain.reports.measure import WINDOW, sentence_texts, spike_step, summarise, top_tokens
+from minitrain.reports.measure import (
+    MIN_RISE,
+    WINDOW,
+    sentence_texts,
+    spike_step,
+    summarise,
+    top_tokens,
+)
 from minitrain.reports.pages import fmt, update_page
 
 
@@ -17,7 +25,36 @@ def markdown(result: dict) -> str:
              f"| | {result['a']} | {result['b']} |", "|---|---:|---:|"]
     for key in dict.fromkeys([*sa, *sb]):
         lines.append(f"| {key} | {_cell(sa.get(key, 'n/a'))} | {_cell(sb.get(key, 'n/a'))} |")
+    said = [r for r in (split_reading(result["a"], sa), split_reading(result["b"], sb)) if r]
+    if said:
+        lines += ["", "The whole-set rise, split (these lines are generated from the rows "
+                  "above):", *(f"- {r}" for r in said)]
     return "\n".join(lines)
+
+
+def split_reading(name: str, s: dict) -> str | None:
+    """In words, the whole-set rise and its two parts: the common sentences (a rise there is
+    forgetting) and the rare ones (a fall there is learning them); None without the split.
+    Each part is its own worst-after minus before, so the parts need not add up to the whole."""
+    w, c, r = (s.get(k) for k in ("whole_rise", "whole_rise, common sentences",
+                                  "whole_rise, rare sentences"))
+    if not all(isinstance(x, float) and math.isfinite(x) for x in (w, c, r)):
+        return None
+
+    def part(x, what, up, down):
+        if x > MIN_RISE:
+            return f"its {what} rise ({x:+.3g}{up})"
+        if x < -MIN_RISE:
+            return f"its {what} fall ({x:+.3g}{down})"
+        return f"its {what} hold ({x:+.3g})"
+
+    common = part(c, "common sentences", ": forgotten", "")
+    rare = part(r, "rare ones", "", ": learned")
+    if w > MIN_RISE:
+        return f"{name}: whole-set rise {w:+.3g}; {common}, {rare}."
+    if c > MIN_RISE:
+        return f"{name}: no whole-set rise above {MIN_RISE:g} ({w:+.3g}), yet {common}; {rare}."
+    return f"{name}: no whole-set rise above {MIN_RISE:g} ({w:+.3g}); {common}, {rare}."
 
 
 def kind(run: Run) -> str:
