@@ -125,18 +125,24 @@ lab-clip-geometry:
     {{python}} -m minitrain train experiments/clip-geometry/config.yaml --force --quiet
     {{python}} -m minitrain report clip-geometry experiments/clip-geometry \
       --page experiments/clip-geometry/README.md
+    {{python}} -m minitrain.reports.pages --command "just lab-clip-geometry" experiments/clip-geometry/README.md \
+      --held-by "\`just check-labs\` holds"
 
 # lab 1: the toy next-token model at 99:1 and 80:20, without and with the clip; pictures and page
 lab-toy-rare-samples:
     {{python}} -m minitrain sweep experiments/toy-rare-samples/sweep.yaml --force
     {{python}} -m minitrain report toy-rare-samples experiments/toy-rare-samples/runs \
       --page experiments/toy-rare-samples/README.md
+    {{python}} -m minitrain.reports.pages --command "just lab-toy-rare-samples" experiments/toy-rare-samples/README.md \
+      --held-by "\`just check-labs\` holds"
 
 # lab 2: the tabular classifier with and without the clip; table, plot and page
 lab-tabular:
     {{python}} -m minitrain sweep experiments/tabular-classifier/sweep.yaml --force
     {{python}} -m minitrain report tabular-classifier experiments/tabular-classifier/runs \
       --page experiments/tabular-classifier/README.md
+    {{python}} -m minitrain.reports.pages --command "just lab-tabular" experiments/tabular-classifier/README.md \
+      --held-by "\`just check-labs\` holds"
 
 # lab 4: a deep MLP at depths 4, 16, 64, init gains 0.5, 1, 2, plain and residual + LayerNorm,
 # without and with the clip; per-layer gradient picture and page
@@ -146,24 +152,32 @@ lab-depth:
     {{python}} -m minitrain sweep experiments/depth-explosion/sweep.yaml
     {{python}} -m minitrain report depth-explosion experiments/depth-explosion/runs \
       --page experiments/depth-explosion/README.md
+    {{python}} -m minitrain.reports.pages --command "just lab-depth" experiments/depth-explosion/README.md \
+      --held-by "\`just check-labs\` holds"
 
 # lab (issue 5): Run B's arrival under SGD + momentum and under AdamW, clip off and on
 lab-sgd:
     {{python}} -m minitrain sweep experiments/19-sgd/sweep.yaml --page experiments/19-sgd/README.md
     {{python}} -m minitrain report sgd-vs-adam experiments/19-sgd/runs \
       --page experiments/19-sgd/README.md
+    {{python}} -m minitrain.reports.pages --command "just lab-sgd" experiments/19-sgd/README.md \
+      --held-by "\`just check-labs\` holds"
 
 # lab (issue 5): warm-up, the clip and the largest step any weight takes; fills its README
 lab-warmup:
     {{python}} -m minitrain sweep experiments/warmup-bound/sweep.yaml --force
     {{python}} -m minitrain report warmup-bound experiments/warmup-bound/runs \
       --page experiments/warmup-bound/README.md
+    {{python}} -m minitrain.reports.pages --command "just lab-warmup" experiments/warmup-bound/README.md \
+      --held-by "\`just check-labs\` holds"
 
 # lab (issue 5): fp32, bf16 and fp16 (loss scaling) forward passes on Run B; fills its README
 lab-numerics:
     {{python}} -m minitrain sweep experiments/numerics/sweep.yaml --page experiments/numerics/README.md
     {{python}} -m minitrain report numerics experiments/numerics/runs \
       --page experiments/numerics/README.md
+    {{python}} -m minitrain.reports.pages --command "just lab-numerics" experiments/numerics/README.md \
+      --held-by "\`just check-labs\` holds"
 
 # lab: a mixture of three sources whose weights shift every 7-42 steps (seeded and Exp3 bandit),
 # without and with the clip; the boundaries picture and experiments/source-shifts/README.md
@@ -172,6 +186,8 @@ lab-source-shifts:
     {{python}} -m minitrain sweep experiments/source-shifts/sweep.yaml --force
     {{python}} -m minitrain report source-shifts experiments/source-shifts/runs \
       --page experiments/source-shifts/README.md
+    {{python}} -m minitrain.reports.pages --command "just lab-source-shifts" experiments/source-shifts/README.md \
+      --held-by "\`just check-labs\` holds"
 
 # lab: the same shifts at three model sizes, without and with the clip, two seeds; damage
 # against parameter count in experiments/capacity/README.md
@@ -180,6 +196,36 @@ lab-capacity:
     {{python}} -m minitrain sweep experiments/capacity/sweep.yaml --force
     {{python}} -m minitrain report capacity experiments/capacity/runs \
       --page experiments/capacity/README.md
+    {{python}} -m minitrain.reports.pages --command "just lab-capacity" experiments/capacity/README.md \
+      --held-by "\`just check-labs\` holds"
+
+# rerun labs (default: all) and hold each page's measured blocks to the shipped ones: 2% on
+# the machine its made-on block names, 25% elsewhere; the shipped pages are put back unless
+# keep=1 (then each page is the rerun's, stamped). Exit 1 when a page moved
+[doc("rerun labs and hold their pages' blocks to the shipped ones (2% same machine, else 25%)")]
+check-labs *labs:
+    #!/usr/bin/env bash
+    set -uo pipefail
+    declare -A folder=([clip-geometry]=clip-geometry [toy-rare-samples]=toy-rare-samples
+      [tabular]=tabular-classifier [depth]=depth-explosion [sgd]=19-sgd [warmup]=warmup-bound
+      [numerics]=numerics [source-shifts]=source-shifts [capacity]=capacity)
+    labs="{{labs}}"
+    labs=${labs:-"clip-geometry toy-rare-samples tabular depth warmup source-shifts sgd numerics capacity"}
+    saved=$(mktemp -d); moved=""
+    for lab in $labs; do
+      [ -n "${folder[$lab]:-}" ] || { echo "check-labs: no lab $lab (one of: ${!folder[*]})"; exit 2; }
+      page=experiments/${folder[$lab]}/README.md
+      cp "$page" "$saved/$lab.md"
+      start=$SECONDS
+      if {{just_executable()}} lab-$lab > "$saved/$lab.log" 2>&1; then
+        echo "lab-$lab: $((SECONDS - start)) s"
+        {{python}} -m minitrain.reports.pages --check "$saved/$lab.md" "$page" || moved="$moved $lab"
+      else
+        echo "lab-$lab failed (log: $saved/$lab.log)"; moved="$moved $lab"
+      fi
+      [ "${keep:-0}" = 1 ] || cp "$saved/$lab.md" "$page"
+    done
+    [ -z "$moved" ] || { echo "moved or failed:$moved"; exit 1; }
 
 # the handout's own setup (random batches of 8) over 20 seeds, clip off and on; fills its page block
 phase-19-handout-sweep *args:

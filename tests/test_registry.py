@@ -172,3 +172,27 @@ def test_every_catalogue_exercise_loads_and_its_page_has_the_blocks(name):
     assert all(c != cfgs["control"] for role, c in cfgs.items() if role != "control")
     page = catalogue.folder(ROOT, name) / "README.md"
     assert set(sheet.BLOCKS) <= blocks(page), page
+
+
+def test_a_page_is_held_to_its_saved_copy(tmp_path):
+    """pages --check: words must be the same (numbers masked), numbers within the tolerance
+    of the machine the saved copy names (none named here: another machine's, 25%); the
+    made-on block and the lines naming a commit are not compared."""
+    from minitrain.reports import pages
+
+    page = ("<!-- measured:t -->\n| a | 1.00 | 20 |\nMade by x at commit abc123.\n"
+            "<!-- /measured:t -->\n<!-- measured:made-on -->\nmade on y\n"
+            "<!-- /measured:made-on -->\n")
+    assert pages.differences(page, page.replace("1.00", "1.2").replace("abc123", "9f"), 0.25) \
+        == []
+    assert pages.differences(page, page.replace("1.00", "1.4"), 0.25) == [
+        "block t, line 2: 1 became 1.4"]
+    assert "other words" in pages.differences(page, page.replace("| a |", "| b |"), 0.25)[0]
+    assert pages.differences(page, page.replace("measured:t", "measured:u"), 0.25) == [
+        "block t: only in the first", "block u: only in the second"]
+    saved, now = tmp_path / "saved.md", tmp_path / "page.md"
+    saved.write_text(page, encoding="utf-8")
+    now.write_text(page.replace("1.00", "1.4"), encoding="utf-8")
+    assert pages.main(["--check", str(saved), str(now)]) == 1
+    now.write_text(page.replace("1.00", "1.1"), encoding="utf-8")
+    assert pages.main(["--check", str(saved), str(now)]) == 0

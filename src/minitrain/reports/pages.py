@@ -129,31 +129,89 @@ def tolerance(page: str | Path, same: float = 0.02) -> float:
     return same if made_on(page) == machine() else OTHER_MACHINE
 
 
-def stamp(page: str | Path, command: str, root: Path = Path(".")) -> str:
+def stamp(page: str | Path, command: str, root: Path = Path("."),
+          held_by: str = "the tests hold") -> str:
     import textwrap
 
     text = textwrap.fill(
         f"The measured blocks `{command}` fills were made on {machine()} at commit "
         f"{commit(root)}. On a CPU with other vector instructions the same runs train to other "
-        f"bits: the tests hold these blocks to 2% of fresh runs on the machine named here, and "
+        f"bits: {held_by} these blocks to 2% of fresh runs on the machine named here, and "
         f"to {OTHER_MACHINE:.0%} on others.", 95)
     update_page(page, MADE_ON, text)
     return text
 
 
+# ---- a page against a rerun of its recipe -------------------------------------------------
+
+NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?"
+
+
+def _block_texts(src: str) -> dict[str, str]:
+    import re
+
+    return {k: src.split(f"<!-- measured:{k} -->", 1)[1].split(f"<!-- /measured:{k} -->")[0]
+            for k in re.findall(r"<!-- measured:([^ ]+) -->", src)
+            if f"<!-- /measured:{k} -->" in src}
+
+
+def differences(before: str, after: str, rel: float, atol: float = 1e-3) -> list[str]:
+    """Where the measured blocks of two versions of a page's text disagree: a block one of
+    them lacks, other words (numbers masked), or a number further apart than `rel` of the
+    larger (and `atol`). The made-on block and the lines naming a commit are left out."""
+    import re
+
+    old, new = _block_texts(before), _block_texts(after)
+    out = [f"block {k}: only in {'the first' if k in old else 'the second'}"
+           for k in sorted(set(old) ^ set(new)) if k != MADE_ON]
+    for key in sorted(set(old) & set(new) - {MADE_ON}):
+        a, b = ([ln for ln in t[key].splitlines() if " at commit " not in ln]
+                for t in (old, new))
+        for i, (la, lb) in enumerate(zip(a, b)):
+            if re.sub(NUMBER, "#", la) != re.sub(NUMBER, "#", lb):
+                out.append(f"block {key}, line {i + 1}: other words:\n  {la}\n  {lb}")
+                continue
+            for x, y in zip(map(float, re.findall(NUMBER, la)), map(float, re.findall(NUMBER, lb))):
+                if abs(x - y) > max(atol, rel * max(abs(x), abs(y))):
+                    out.append(f"block {key}, line {i + 1}: {x:g} became {y:g}")
+        if len(a) != len(b):
+            out.append(f"block {key}: {len(a)} lines became {len(b)}")
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m minitrain.reports.pages",
-                                description="fill the pages' made-on block")
-    p.add_argument("--command", required=True, help="the recipe that filled the blocks")
+                                description="fill the pages' made-on block, or check a page "
+                                "against its saved copy")
+    p.add_argument("--command", help="stamp: the recipe that filled the blocks")
+    p.add_argument("--held-by", default="the tests hold",
+                   help="stamp: what checks the blocks (default: 'the tests hold')")
+    p.add_argument("--check", metavar="SAVED", help="hold the page's blocks to SAVED's (a copy "
+                   "from before the rerun): 2%% on the machine SAVED names, else "
+                   + f"{OTHER_MACHINE:.0%}".replace("%", "%%"))
     p.add_argument("pages", nargs="+")
     args = p.parse_args(argv)
+    if (args.command is None) == (args.check is None):
+        p.error("give one of --command and --check")
+    if args.check and len(args.pages) != 1:
+        p.error("--check SAVED holds one page to it")
     try:
-        for page in args.pages:
-            stamp(page, args.command)
-    except RunDirError as e:
+        if args.command:
+            for page in args.pages:
+                stamp(page, args.command, held_by=args.held_by)
+            return 0
+        page, saved, rel = args.pages[0], Path(args.check), tolerance(args.check)
+        texts = [f.read_text(encoding="utf-8") for f in (saved, Path(page))]
+        found = differences(*texts, rel=rel)
+        n = len(set(_block_texts(texts[0])) - {MADE_ON})
+        print(f"{page}: {n} blocks, " + (f"{len(found)} differences beyond {rel:.0%}"
+                                         if found else f"all within {rel:.0%}"))
+        for d in found[:20]:
+            print(f"  {d}")
+        return 1 if found else 0
+    except (RunDirError, OSError, UnicodeDecodeError) as e:
         print(f"pages: {e}", file=sys.stderr)
         return 2
-    return 0
 
 
 if __name__ == "__main__":
