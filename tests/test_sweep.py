@@ -249,16 +249,41 @@ def test_exercise_page_reading_matches_its_sweep_block():
     seen = rows["not rare (seen from step 0)"]
     assert seen["spiked"] == "0" and _num(seen["median whole-set rise"]) < 0.05
     assert int(seen["spiked later"]) >= 1 and 1 <= int(seen["rise > 0.1"]) < int(b["rise > 0.1"])
+    # the handout's settings, one at a time
+    recipe = {c: rows[c] for c in ("beta2 0.95", "beta2 0.99", "beta2 0.996", "weight decay 0.1",
+                                   "cosine lr (to 0.1x)")}
+    for c in ("beta2 0.95", "beta2 0.99", "cosine lr (to 0.1x)"):
+        assert recipe[c]["rise > 0.1"] == "0", c
+    assert 1 <= int(recipe["beta2 0.996"]["rise > 0.1"]) <= 0.25 * n["beta2 0.996"]  # "a few"
+    assert int(recipe["weight decay 0.1"]["rise > 0.1"]) < 0.5 * n["weight decay 0.1"]
+    assert int(b["rise > 0.1"]) == n["no clip (Run B)"]  # "every seed of Run B"
+    for c, r in recipe.items():  # "a fifth of Run B's or less"
+        assert _num(r["common sentences"]) <= 0.2 * _num(b["common sentences"]), c
+    for c in ("cosine lr (to 0.1x)", "beta2 0.996", "weight decay 0.1"):  # "still spikes"
+        assert int(recipe[c]["spiked"]) >= 0.7 * n[c], c
+        assert _num(recipe[c]["median ratio"]) > 0.5 * _num(b["median ratio"]), c
+    for c in ("beta2 0.95", "beta2 0.99"):  # "about three times", "about a third"
+        assert 2.5 <= _num(recipe[c]["ordinary norm"]) / _num(b["ordinary norm"]) <= 3.5, c
+        assert 0.2 <= _num(recipe[c]["median ratio"]) / _num(b["median ratio"]) <= 0.4, c
+    # the lr at the arrival: "0.19 times the peak"
+    from minitrain.core.optim import lr_at
+
+    spec = sweep.load_spec(ROOT / "experiments/19-sweep/sweep.yaml")
+    cos = config.load(spec.base, [*spec.common, *spec.cells["cosine lr (to 0.1x)"]])
+    o = cos.optimizer
+    at = lr_at(1200, 1.0, o.warmup_steps, o.decay_steps or cos.train.steps, o.min_lr_ratio)
+    assert round(at, 2) == 0.19
 
 
 def test_exercise_page_reading_matches_its_guard_block():
     """The statements under the exercise page's guard table, against that table."""
     rows = _sweep_block(ROOT / "experiments/19-break-no-clip/README.md", "sweep-guard")
-    b, one, three = (rows[c] for c in ("no clip (Run B)", "clip 1.0 from arrival",
-                                       "clip 3.0 from arrival"))
+    b, one, three, suggested = (rows[c] for c in (
+        "no clip (Run B)", "clip 1.0 from arrival", "clip 3.0 from arrival",
+        "suggested clip from arrival"))
     n = int(b["runs"])
     assert n >= 20 and all(int(r["runs"]) == n and r["diverged"] == "0" for r in rows.values())
-    for r in (one, three):  # one model before the arrival
+    for r in (one, three, suggested):  # one model before the arrival
         assert (r["ordinary norm"], r["median ratio"]) == (b["ordinary norm"], b["median ratio"])
     assert all(r["clipped ordinary steps"] == "0%" for r in rows.values())
     assert int(b["rise > 0.1"]) >= 0.8 * n and int(one["rise > 0.1"]) <= 0.25 * n
@@ -268,6 +293,29 @@ def test_exercise_page_reading_matches_its_guard_block():
     ordinary, arrival = _num(b["ordinary norm"]), _num(b["median ratio"]) * _num(b["ordinary norm"])
     assert 8 <= 3.0 / ordinary <= 11 and 3.0 / arrival > 0.5  # "about nine times", "less than half"
     assert abs(_num(one["median final - before"])) < abs(_num(b["median final - before"]))
+    # the suggested clip: "a little above the ordinary norm", contains it in every seed, the
+    # common sentences hold, the rare ones fall least, the end as far below as Run B's
+    assert 1.0 < _num(suggested["median clip"]) / ordinary < 1.5
+    assert suggested["rise > 0.1"] == "0" and abs(_num(suggested["common sentences"])) <= 0.1
+    others = (_num(r["rare sentences"]) for r in (b, one, three))
+    assert _num(suggested["rare sentences"]) > max(others)
+    assert abs(_num(suggested["median final - before"]) - _num(b["median final - before"])) < \
+        0.2 * abs(_num(b["median final - before"]))
+
+
+def test_the_stability_checks_clip_rule_is_the_guard_block():
+    """theory/stability-check.md states the suggested clip's outcome; the guard block holds it."""
+    text = " ".join((ROOT / "theory/stability-check.md").read_text(encoding="utf-8").split())
+    assert "kept the whole-set loss from rising above 0.1 in every seed; a clip of 1.0, about " \
+        "three times the ordinary norm, in all but a few; 3.0, about nine times, in none" in text
+    rows = _sweep_block(ROOT / "experiments/19-break-no-clip/README.md", "sweep-guard")
+    b = rows["no clip (Run B)"]
+    n, ordinary = int(b["runs"]), _num(b["ordinary norm"])
+    assert rows["suggested clip from arrival"]["rise > 0.1"] == "0"
+    assert 1.0 < _num(rows["suggested clip from arrival"]["median clip"]) / ordinary < 1.5
+    assert 1 <= int(rows["clip 1.0 from arrival"]["rise > 0.1"]) <= 0.25 * n
+    assert 2.5 <= 1.0 / ordinary <= 3.5 and 8 <= 3.0 / ordinary <= 11
+    assert rows["clip 3.0 from arrival"]["rise > 0.1"] == str(n)
 
 
 @pytest.mark.parametrize("spec", sorted((ROOT / "experiments").glob("*/sweep.yaml")),
