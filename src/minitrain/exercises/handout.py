@@ -104,15 +104,16 @@ def code_break() -> str:
 
 
 def read_sweep(folder: Path, page: Path | None) -> tuple[dict | None, str]:
-    """The sweep's Run B row: its summary.csv if the sweep ran here, else the page's sweep
-    block (the same table, written by the same report); (None, why) when neither has it."""
+    """The sweep's Run B row: the page's sweep block (what the page shows, on any checkout),
+    else the sweep's summary.csv if it ran here (the same table, written by the same report);
+    (None, why) when neither has it."""
+    if page is not None and "sweep" in pages.blocks(page):
+        rows = pages.table_rows(pages.block_text(page, "sweep"))
+        return rows.get(SWEEP_CELL), "the sweep block below"
     csv_path = folder / "summary.csv"
     if csv_path.is_file():
         rows = {r["cell"]: r for r in csv.DictReader(csv_path.open(encoding="utf-8"))}
         return rows.get(SWEEP_CELL), f"`experiments/{folder.name}/summary.csv`"
-    if page is not None and "sweep" in pages.blocks(page):
-        rows = pages.table_rows(pages.block_text(page, "sweep"))
-        return rows.get(SWEEP_CELL), "the sweep block below"
     return None, "not measured yet: run `just phase-19-sweep`"
 
 
