@@ -303,6 +303,15 @@ def test_exercise_page_reading_matches_its_guard_block():
         0.2 * abs(_num(b["median final - before"]))
 
 
+def test_theory_02_shows_the_exercise_pages_sweep_block():
+    """One report fills both pages' sweep blocks (just phase-19-sweep): they are one table, so
+    the exercise page's checked reading holds for theory/02's too."""
+    from minitrain.reports.pages import block_text
+
+    assert block_text(ROOT / "theory/02-optimizer-and-schedule.md", "sweep") == \
+        block_text(ROOT / "experiments/19-break-no-clip/README.md", "sweep")
+
+
 def test_the_stability_checks_clip_rule_is_the_guard_block():
     """theory/stability-check.md states the suggested clip's outcome; the guard block holds it."""
     text = " ".join((ROOT / "theory/stability-check.md").read_text(encoding="utf-8").split())
