@@ -1,7 +1,7 @@
 """The flagship exercise, for real: the shipped phase-19 configs reproduce the spike, the
 control contains it, so does Run B with the clip switched on at the arrival, the 'seen from
-the start' ablation has no spike, and the exercise page's measured block is what these runs
-give. About two minutes on 2 cores."""
+the start' ablation has no spike, and each compare block on the exercise page is what these
+runs give (the page's eight runs, trained once for the module)."""
 
 import re
 from pathlib import Path
@@ -24,8 +24,14 @@ PAGE = ROOT / "experiments/19-break-no-clip/README.md"
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("phase19")
     out = {}
-    for name in ("19-control", "19-break-no-clip", "19-ablate-seen", "19-clip-at-arrival"):
-        cfg = config.load(ROOT / f"experiments/{name}/config.yaml")
+    # the page's runs (its compare blocks), 19-clip-0.5 as `grad_clip=0.5 just phase-19-train`
+    # makes it: the control with the clip at 0.5
+    made = {name: (name, []) for name in (
+        "19-control", "19-break-no-clip", "19-ablate-seen", "19-clip-at-arrival",
+        "19-ablate-spread", "19-handout-control", "19-handout-batches")}
+    made["19-clip-0.5"] = ("19-control", ["optimizer.grad_clip=0.5"])
+    for name, (folder, sets) in made.items():
+        cfg = config.load(ROOT / f"experiments/{folder}/config.yaml", sets)
         train(cfg, tmp / name, progress=False)
         out[name] = load_run(tmp / name)
     return out
@@ -113,7 +119,11 @@ def _numbers(block: str) -> dict[str, list[float]]:
 
 
 @pytest.mark.parametrize("a,b", [("19-control", "19-break-no-clip"),
-                                 ("19-break-no-clip", "19-clip-at-arrival")])
+                                 ("19-break-no-clip", "19-clip-at-arrival"),
+                                 ("19-break-no-clip", "19-ablate-seen"),
+                                 ("19-break-no-clip", "19-ablate-spread"),
+                                 ("19-control", "19-clip-0.5"),
+                                 ("19-handout-control", "19-handout-batches")])
 def test_page_numbers_come_from_these_runs(runs, tmp_path, a, b):
     key = f"{a}-vs-{b}"
     page = PAGE.read_text(encoding="utf-8")
@@ -286,7 +296,8 @@ def test_diagnose_names_the_cause_of_each_run(runs):
     start' ablation: healthy (from the logs; the test in test_catalogue swaps configs)."""
     from minitrain.exercises.causes import diagnose
 
-    named = {name: diagnose(run.path)["cause"] for name, run in runs.items()}
+    named = {name: diagnose(runs[name].path)["cause"] for name in (
+        "19-break-no-clip", "19-control", "19-clip-at-arrival", "19-ablate-seen")}
     assert named["19-break-no-clip"]["name"] == "no-clip-rare-batch"
     assert "step 1200" in named["19-break-no-clip"]["evidence"][0]
     for name in ("19-control", "19-clip-at-arrival", "19-ablate-seen"):
