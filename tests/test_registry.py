@@ -196,3 +196,26 @@ def test_a_page_is_held_to_its_saved_copy(tmp_path):
     assert pages.main(["--check", str(saved), str(now)]) == 1
     now.write_text(page.replace("1.00", "1.1"), encoding="utf-8")
     assert pages.main(["--check", str(saved), str(now)]) == 0
+
+
+def test_a_block_names_one_commit_from_any_folder(tmp_path):
+    """The commit a block names, '+' when the sources have changes, is the same asked from
+    any folder of the checkout (a sweep asks from its spec's folder)."""
+    import subprocess
+
+    from minitrain.reports import pages
+
+    def git(*args):
+        subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
+                        *args], check=True, capture_output=True)
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "experiments/sweep").mkdir(parents=True)
+    (tmp_path / "src/a.py").write_text("x = 1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-q", "-m", "a")
+    clean = pages.commit(tmp_path)
+    assert pages.commit(tmp_path / "experiments/sweep") == clean and not clean.endswith("+")
+    (tmp_path / "src/a.py").write_text("x = 2\n")
+    assert pages.commit(tmp_path / "experiments/sweep") == clean + "+" == pages.commit(tmp_path)

@@ -66,7 +66,7 @@ def markdown(rows: list[dict]) -> str:
 
 def report(spec, page=()) -> dict:
     rows = phase19.collect(spec, run_row, RUNS, NAME)
-    text = markdown(rows)
+    text = markdown(rows) + "\n" + phase19.made_on(spec)
     where = Path(spec.path).parent
     (where / "summary.md").write_text(text, encoding="utf-8")
     for p in [page] if isinstance(page, (str, Path)) else page or ():
