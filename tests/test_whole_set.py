@@ -36,7 +36,7 @@ def _evaluated_steps(dense_every: int, jump_at=120, dense_at=None) -> list[int]:
         dense_at=dense_at)
     seen = []
     for step in range(200):
-        if ev.losses(step, 10.0 if step == jump_at else 1.0):
+        if ev.due(step, 10.0 if step == jump_at else 1.0):
             seen.append(step)
     return seen
 

@@ -144,10 +144,6 @@ class WholeSetLoss:
         """The extra fields `measure` gives: train_loss_rare and _common when split."""
         return [f"{field}_{side}" for field in self.masks for side in ("rare", "common")]
 
-    def losses(self, step: int, grad_norm: float) -> dict[str, float]:
-        """The whole-set losses when step is due (`due`), else {}."""
-        return self.measure() if self.due(step, grad_norm) else {}
-
 
 class WeightCopy:
     """The model's twin the log thread evaluates on: on a due step the training thread clones

@@ -62,19 +62,23 @@ def update_page(page: str | Path, key: str, text: str) -> None:
     page.write_text(f"{head}{start}\n{text}\n{end}{tail}", encoding="utf-8")
 
 
-def blocks(page: str | Path) -> set[str]:
-    """The names of the measured blocks a page holds (opened and closed)."""
+def _block_texts(src: str) -> dict[str, str]:
+    """Each measured block of a page's text (opened and closed): name -> what it holds."""
     import re
 
-    src = Path(page).read_text(encoding="utf-8")
-    return {k for k in re.findall(r"<!-- measured:([^ ]+) -->", src)
+    return {k: src.split(f"<!-- measured:{k} -->", 1)[1].split(f"<!-- /measured:{k} -->")[0]
+            for k in re.findall(r"<!-- measured:([^ ]+) -->", src)
             if f"<!-- /measured:{k} -->" in src}
+
+
+def blocks(page: str | Path) -> set[str]:
+    """The names of the measured blocks a page holds (opened and closed)."""
+    return set(_block_texts(Path(page).read_text(encoding="utf-8")))
 
 
 def block_text(page: str | Path, key: str) -> str:
     """What a page's `<!-- measured:KEY -->` block holds now."""
-    src = Path(page).read_text(encoding="utf-8")
-    return src.split(f"<!-- measured:{key} -->", 1)[1].split(f"<!-- /measured:{key} -->")[0]
+    return _block_texts(Path(page).read_text(encoding="utf-8"))[key]
 
 
 def table_rows(text: str) -> dict[str, dict[str, str]]:
@@ -145,14 +149,6 @@ def stamp(page: str | Path, command: str, root: Path = Path("."),
 # ---- a page against a rerun of its recipe -------------------------------------------------
 
 NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:e[+-]?\d+)?"
-
-
-def _block_texts(src: str) -> dict[str, str]:
-    import re
-
-    return {k: src.split(f"<!-- measured:{k} -->", 1)[1].split(f"<!-- /measured:{k} -->")[0]
-            for k in re.findall(r"<!-- measured:([^ ]+) -->", src)
-            if f"<!-- /measured:{k} -->" in src}
 
 
 def differences(before: str, after: str, rel: float, atol: float = 1e-3) -> list[str]:

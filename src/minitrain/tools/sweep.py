@@ -85,41 +85,43 @@ def _suggesting(overrides: list[str]) -> bool:
     return any(o.split("=", 1)[-1].strip() == SUGGESTED for o in overrides)
 
 
-def stand_in(overrides: list[str]) -> list[str]:
-    """The overrides with STAND_IN for each @suggested_clip: what a run's config is, but for
-    that number (its seed, its branch, its validity)."""
-    return [o.split("=", 1)[0] + "=" + STAND_IN if o.split("=", 1)[-1].strip() == SUGGESTED
+def _fill(overrides: list[str], value: str) -> list[str]:
+    return [o.split("=", 1)[0] + "=" + value if o.split("=", 1)[-1].strip() == SUGGESTED
             else o for o in overrides]
 
 
-def resolve(base: Path, overrides: list[str], source: Path | None) -> list[str]:
+def stand_in(overrides: list[str]) -> list[str]:
+    """The overrides with STAND_IN for each @suggested_clip: what a run's config is, but for
+    that number (its seed, its branch, its validity)."""
+    return _fill(overrides, STAND_IN)
+
+
+def resolve(base: Path, overrides: list[str], source: Path) -> list[str]:
     """The overrides with each @suggested_clip made the number the clip rule of
     `minitrain diagnose` (reports.measure.suggest_clip) gives on the source run's pre-clip
-    norms before the run's optimizer.clip_from_step (its whole log when that is 0)."""
+    norms before the run's optimizer.clip_from_step (its whole log when that is 0). load_spec
+    has made sure every such run has a source."""
     if not _suggesting(overrides):
         return overrides
     from minitrain.reports.measure import suggest_clip
 
     try:
-        run = rundir.load_run(source) if source is not None else None
+        run = rundir.load_run(source)
     except rundir.RunDirError as e:
         raise ConfigError(f"{SUGGESTED}: the source run is not readable: {e}") from None
-    if run is None:
-        raise ConfigError(f"{SUGGESTED}: needs branch_from (the run it is read from)")
     step = config_mod.load(base, stand_in(overrides)).optimizer.clip_from_step or None
     value = suggest_clip(run, step)
     if value is None:
         raise ConfigError(f"{SUGGESTED}: {source} has fewer than 10 norms before step {step}")
-    return [o.split("=", 1)[0] + f"={value!r}" if o.split("=", 1)[-1].strip() == SUGGESTED
-            else o for o in overrides]
+    return _fill(overrides, repr(value))
 
 
-def _config(spec: Spec, overrides: list[str], path: Path):
-    """A run's config: its suggested clip resolved when its source is trained, else STAND_IN."""
-    src = spec.sources().get(path) if _suggesting(overrides) else None
-    if src is not None and (src / rundir.SUMMARY).exists():
+def _config(spec: Spec, overrides: list[str], source: Path | None):
+    """A run's config: its suggested clip resolved when its source is trained, else STAND_IN
+    (such a run is then not done, and trains once its source has)."""
+    if _suggesting(overrides) and source is not None and (source / rundir.SUMMARY).exists():
         try:
-            return config_mod.load(spec.base, resolve(spec.base, overrides, src))
+            return config_mod.load(spec.base, resolve(spec.base, overrides, source))
         except ConfigError:
             pass
     return config_mod.load(spec.base, stand_in(overrides))
@@ -253,9 +255,9 @@ def _order(spec: Spec, todo: list[tuple[list[str], Path]]):
 def run(spec: Spec, log=print, force: bool = False) -> dict[str, int]:
     """Train every run of the spec not already done (all of them with `force`). Returns
     counts by outcome."""
-    runs = spec.runs()
+    runs, sources = spec.runs(), spec.sources()
     todo = [(ov, out) for _, ov, out in runs
-            if force or not done_before(out, _config(spec, ov, out))]
+            if force or not done_before(out, _config(spec, ov, sources.get(out)))]
     counts = {"already done": len(runs) - len(todo)}
     log(f"{spec.path}: {len(runs)} runs, {counts['already done']} already done, "
         f"{len(todo)} to run on {spec.jobs} process{'es' * (spec.jobs > 1)}")
@@ -274,7 +276,7 @@ def run(spec: Spec, log=print, force: bool = False) -> dict[str, int]:
 
     def args(job):
         ov, out, src = job
-        ov = resolve(spec.base, ov, spec.sources().get(out))  # its source is trained by now
+        ov = resolve(spec.base, ov, sources.get(out))  # its source is trained by now
         return str(spec.base), ov, str(out), None if src is None else str(src)
 
     if spec.jobs == 1:  # small runs: no process start-up, no pool
