@@ -2,7 +2,7 @@
 python := env("PYTHON", ".venv/bin/python")
 seed := env("seed", "42")
 grad_clip := env("grad_clip", "1.0")
-# logs on a second thread: faster with a core to spare, slower when runs share the cores
+# whole-set losses on a second thread: faster with a core to spare, slower when runs share them
 log_thread := env("log_thread", "true")
 
 # create .venv and install minitrain with its dev tools (CPU torch from requirements.txt)

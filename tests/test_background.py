@@ -1,5 +1,5 @@
-"""The log thread (core/background.py): the same bytes as writing on the training thread, in
-step order, and its errors reach the run."""
+"""The eval thread (core/background.py): the same bytes as evaluating on the training thread,
+in step order, the writers on the training thread, and errors on either reach the run."""
 
 import threading
 
@@ -41,7 +41,7 @@ def test_the_log_thread_writes_the_training_threads_bytes(tmp_path, extra):
         assert threaded[key] == inline[key] and threaded[key] is not None
 
 
-def test_an_error_on_the_log_thread_fails_the_run_without_a_gap(tmp_path, monkeypatch):
+def test_a_writers_error_fails_the_run_without_a_gap(tmp_path, monkeypatch):
     """A writer that raises (a full disk, say) at step 30: the run stops with status failed
     and the error, and no log holds a line past the last step all of them wrote."""
     from minitrain.core.observe import BatchLog
@@ -61,6 +61,53 @@ def test_an_error_on_the_log_thread_fails_the_run_without_a_gap(tmp_path, monkey
     assert run.summary["steps_completed"] == 30  # the steps every log holds, not the loop's
     assert len(run.batches) == 30
     assert len(run.metrics) <= 31 and [m["step"] for m in run.metrics[:30]] == list(range(30))
+
+
+def test_the_writers_run_on_the_training_thread_and_the_losses_on_the_other(tmp_path,
+                                                                          monkeypatch):
+    """Python's lock: the writers' work is mostly Python, so it stays on the training thread;
+    only the whole-set evaluation (torch ops, which let go of the lock) runs on the worker."""
+    from minitrain.core.evaluate import WholeSetLoss
+    from minitrain.core.observe import MomentLog
+
+    threads = {"write": set(), "measure": set()}
+    write, measure = MomentLog.write, WholeSetLoss.measure
+
+    def spy_write(self, r, c):
+        threads["write"].add(threading.current_thread().name)
+        write(self, r, c)
+
+    def spy_measure(self, forward=None):
+        threads["measure"].add(threading.current_thread().name)
+        return measure(self, forward)
+
+    monkeypatch.setattr(MomentLog, "write", spy_write)
+    monkeypatch.setattr(WholeSetLoss, "measure", spy_measure)
+    _train(tmp_path / "run")
+    assert threads == {"write": {threading.main_thread().name}, "measure": {"minitrain-logs"}}
+
+
+def test_an_error_in_the_evaluation_fails_the_run_without_a_gap(tmp_path, monkeypatch):
+    """The eval thread raises at the evaluation of step 40: no log holds step 40 or later."""
+    from minitrain.core.evaluate import WholeSetLoss
+
+    measure = WholeSetLoss.measure
+
+    def broken_at_40(self, forward=None):
+        if threading.current_thread().name == "minitrain-logs" and \
+                len(evaluated) == 4:  # steps 0, 10, 20 and 30 went through
+            raise RuntimeError("evaluation broke")
+        evaluated.append(1)
+        return measure(self, forward)
+
+    evaluated: list = []
+    monkeypatch.setattr(WholeSetLoss, "measure", broken_at_40)
+    with pytest.raises(RuntimeError, match="evaluation broke"):
+        _train(tmp_path / "broken")
+    run = load_run(tmp_path / "broken")
+    assert run.summary["status"] == "failed" and "evaluation broke" in run.summary["error"]
+    assert run.summary["steps_completed"] == 40
+    assert [m["step"] for m in run.metrics] == list(range(40)) and len(run.batches) == 40
 
 
 def test_the_worker_runs_jobs_in_order_and_raises_once():

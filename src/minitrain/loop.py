@@ -14,6 +14,7 @@ import math
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -59,12 +60,16 @@ class Loop:
                  parts: dict, out: Path, writer: bool, start: int, worker=None, twin=None):
         self.cfg, self.ds, self.forward, self.opt, self.sampler = cfg, ds, forward, opt, sampler
         self.dist, self.scaler, self.evaluator = dist, scaler, evaluator
-        # writers only write files: the log thread runs them; the others read the live
-        # model (the labs' probes) or the clock (progress) and run here, after each step
+        # writers only write files, and may wait for their step's whole-set losses; the
+        # others read the live model (the labs' probes) or the clock (progress) at once
         self.writers = [obs for obs in observers if isinstance(obs, Writer)]
         self.live = [obs for obs in observers if not isinstance(obs, Writer)]
         self.worker = worker or background.Inline()
-        self.twin = twin  # the model's copy the log thread evaluates on (None: the model)
+        self.twin = twin  # the model's copy the eval thread evaluates on (None: the model)
+        # steps not yet written, in order: (record, captured, losses); losses is a list that
+        # holds the step's whole-set losses once the eval thread has them, None if none due
+        self.pending: deque = deque()
+        self.writers_failed = False
         self.parts, self.out, self.writer = parts, out, writer
         self.start = self.done = start
         self.record: StepRecord | None = None  # the last step's record, as the loop made it
@@ -78,10 +83,13 @@ class Loop:
         "interrupted"."""
         try:
             status = self._steps()
+            self.worker.close()
+            self._flush()
         except BaseException:
             self.worker.close(raise_error=False)  # the loop's error is the one to report
+            if not self.writers_failed:  # the steps before the error are still written
+                self._flush()
             raise
-        self.worker.close()
         return status
 
     def _steps(self) -> str:
@@ -93,6 +101,7 @@ class Loop:
                     self.done = step + 1
                     if self.writer and t.checkpoint_every and self.done % t.checkpoint_every == 0:
                         self.worker.drain()  # the logs reach the checkpoint's step first
+                        self._flush()
                         checkpoint.save(self.out, self.done, self.parts)
                     # a non-finite gradient whose step was dropped (fp16 overflow, or the
                     # outlier skip) is handled; anything else non-finite ends the run
@@ -153,16 +162,31 @@ class Loop:
         for obs in self.live:
             obs.on_step(record)
         captured = [obs.capture(record) for obs in self.writers]  # before the weights change
-        weights = self.twin.take() if due and self.twin is not None else None
-        self.worker.submit(partial(self._write, record, captured, due, weights))
+        losses = None
+        if due and self.twin is None:  # on the model, before the next step changes it
+            losses = [self.evaluator.measure()]
+        elif due:  # on the eval thread, on a twin holding this step's weights
+            losses = []
+            self.worker.submit(partial(self._evaluate, self.twin.take(), losses))
+        self.pending.append((record, captured, losses))
+        self._flush()
         return record
 
-    def _write(self, record: StepRecord, captured: list, due: bool, weights) -> None:
-        """The whole-set losses (on the twin loaded with the step's weights, or on the model
-        when this runs before the next step) and every writer's lines of one step."""
-        if due:
-            forward = None if self.twin is None else self.twin.load(weights)
-            record = replace(record, **self.evaluator.measure(forward))
-        for obs, c in zip(self.writers, captured):
-            obs.write(record, c)
-        self.written, self.logged = record, record.step + 1
+    def _evaluate(self, weights, losses: list) -> None:
+        losses.append(self.evaluator.measure(self.twin.load(weights)))
+
+    def _flush(self) -> None:
+        """Every writer's lines of each pending step whose whole-set losses are in, in step
+        order. The writers run here, not on the eval thread: their work is mostly Python,
+        and a thread holding Python's lock makes every op of the training step wait."""
+        while self.pending and self.pending[0][2] != []:
+            record, captured, losses = self.pending.popleft()
+            if losses:
+                record = replace(record, **losses[0])
+            try:
+                for obs, c in zip(self.writers, captured):
+                    obs.write(record, c)
+            except BaseException:
+                self.writers_failed = True  # some logs hold this step: none may hold later ones
+                raise
+            self.written, self.logged = record, record.step + 1

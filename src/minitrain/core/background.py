@@ -1,7 +1,7 @@
-"""Where the logs are written: on a second thread (`Worker`), so that the training step does not
-wait for encoding, file writes and the whole-set evaluation, or on the training thread itself
-(`Inline`, the reference the tests hold the worker to, byte for byte). Either runs the jobs in
-the order they were given."""
+"""Where the whole-set losses are evaluated: on a second thread (`Worker`), so that the training
+step does not wait for them, or on the training thread itself (`Inline`, the reference the
+tests hold the worker to, byte for byte). Either runs the jobs in the order they were given.
+The writers themselves run on the training thread (loop.Loop._flush says why)."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ class Worker:
 
 
 def wanted(train_cfg, device_type: str = "cpu") -> bool:
-    """Whether a run writes on a second thread: asked for (`train.log_thread`), a forward pass
+    """Whether a run evaluates on a second thread: asked for (`train.log_thread`), a forward pass
     that is not compiled (a compiled one is evaluated where it was compiled), and on the CPU a
     core left for the thread (fewer intra-op threads than the cores the process may use: a
     thread sharing a busy core makes the step wait for Python's lock)."""

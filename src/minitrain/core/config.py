@@ -235,8 +235,8 @@ class TrainConfig(Section):
     compile: bool = False  # torch.compile the model's forward pass
     dtype: str = "float32"  # forward pass: float32, or bfloat16 / float16 autocast (float16
     # with dynamic loss scaling); weights, gradients and moments stay fp32
-    log_thread: bool = True  # logs and whole-set losses written on a second thread when a
-    # core is left for it (core/background.py); false: on the training thread, the same bytes
+    log_thread: bool = True  # the whole-set losses evaluated on a second thread when a core
+    # is left for it (core/background.py); false: on the training thread, the same bytes
 
     def check(self, where):
         if self.device not in DEVICES:

@@ -146,8 +146,8 @@ class WholeSetLoss:
 
 
 class WeightCopy:
-    """The model's twin the log thread evaluates on: on a due step the training thread clones
-    the weights (`take`, microseconds), and the log thread loads them into the twin (`load`)
+    """The model's twin the eval thread evaluates on: on a due step the training thread clones
+    the weights (`take`, microseconds), and the eval thread loads them into the twin (`load`)
     when it gets to that step, so the training step after it can change the weights at once."""
 
     def __init__(self, model: torch.nn.Module, forward_of):

@@ -174,34 +174,35 @@ class MomentLog(Writer):
             "top_grad_rows": [[S, S]] * n_top})
 
     def capture(self, r):
-        """The moments now (they change in place next step): one copy of each flat tensor.
-        The gradients need none: the next backward makes new ones."""
-        opt = self.opt  # p.grad is the raw (pre-clip) gradient
-        m, v = opt.m_flat.data.clone(), opt.v_flat.data.clone() if self.has_v else None
-        return m, v, [opt.params[k].grad for k in self.tables.values()]
-
-    def write(self, r, captured):
-        m, v, grads = captured
+        """The statistics of the moments now (they change in place next step), as tensors:
+        computed where the tensors are, so nothing is copied, and read back in `write` with
+        one transfer. p.grad is the raw (pre-clip) gradient."""
         opt = self.opt
+        m, v = opt.m_flat.data, opt.v_flat.data if self.has_v else None
         parts = {"m_norm": opt.m_flat.norms(m),
                  "grad_norm": r.stats.tensor_grad_norms.to(m.dtype)}
         if self.has_v:
             parts["v_norm"], parts["v_max"] = opt.v_flat.norms(v), opt.v_flat.maxes(v)
         top = None  # a model without a vocabulary table has no rows to rank
-        for (table, k), grad in zip(self.tables.items(), grads):
-            row_norms = torch.linalg.vector_norm(grad, dim=1)
+        for table, k in self.tables.items():
+            row_norms = torch.linalg.vector_norm(opt.params[k].grad, dim=1)
             if table == "wte":
                 top = torch.topk(row_norms, min(self.top_rows, len(row_norms)))
-                parts["top"] = top.values
+                # float64 holds any row index exactly; the cat promotes the rest to it
+                parts["top"], parts["top_rows"] = top.values, top.indices.double()
             parts.update(self._row_stats(table, k, row_norms, m, v))
+        return parts, top is not None
+
+    def write(self, r, captured):
+        parts, has_top = captured
         x = host_lists(parts)
         # the numbers in the line's order: per tensor, per tracked piece and table, top rows
         numbers = [r.step, *chain.from_iterable(zip(*(x[key] for key in self.per_tensor)))]
         for j in range(len(self.tracked)):
             for table in self.tables:
                 numbers += (x[table, key][j] for key in self.row_keys)
-        if top is not None:
-            numbers += chain.from_iterable(zip(top.indices.tolist(), x["top"]))
+        if has_top:
+            numbers += chain.from_iterable(zip(map(int, x["top_rows"]), x["top"]))
         self.w.write_line(self.line.fill(numbers))
 
     def _row_stats(self, table: str, k: int, row_norms: torch.Tensor, m: torch.Tensor,

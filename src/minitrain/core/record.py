@@ -38,9 +38,10 @@ class Observer:
 
 class Writer(Observer):
     """An observer that only writes its file: what it needs of the live model or optimizer
-    (which the next step changes) it takes in `capture`, on the training thread right after
-    the step; `write` does the rest (reading back, encoding, writing), on the log thread
-    (core/background.py), in step order. Alone, `on_step` does both."""
+    (which the next step changes) it takes in `capture`, right after the step; `write` does
+    the rest (reading back, encoding, writing), in step order, once the step's whole-set
+    losses are in (they may come from the eval thread, core/background.py). Alone, `on_step`
+    does both."""
 
     def capture(self, r):
         return None

@@ -137,7 +137,7 @@ def train(cfg: Config, out: str | Path, progress: bool = True, replace: bool = F
                               progress=progress, writer=s.writer)
     t = cfg.train
     instrumented = t.instrument and s.writer
-    # the logs and the whole-set evaluation on a second thread, evaluating a twin of the model
+    # the whole-set evaluation on a second thread, on a twin of the model
     threaded = instrumented and background.wanted(t, s.dist.device.type)
     twin = WeightCopy(s.model, lambda m: forward_pass(m, s.dist.device, t)) if threaded else None
     worker = background.build(threaded)

@@ -15,7 +15,7 @@ machine's drift reaches all four alike):
    (fp32, or bf16 for a bf16 config), and peak memory (the process's RSS; on CUDA, the GPU
    memory each model's runs allocated at most).
 The training loops run at `--threads` intra-op threads (default 1, the exercises' setting),
-and minitrain writes its logs on a second thread when a core is left for it
+and minitrain evaluates the whole-set losses on a second thread when a core is left for it
 (`train.log_thread`; `log_thread` in the table); the reference gets every core
 (`reference_threads`), so both use the same cores.
 `--device cuda` runs it all on the GPU (results-cuda.md/.json beside the CPU files). The
