@@ -97,8 +97,8 @@ def table_rows(text: str) -> dict[str, dict[str, str]]:
 MADE_ON = "made-on"  # the block saying where the blocks a recipe fills were measured
 OTHER_MACHINE = 0.25  # how far a number may move on a CPU with other vector instructions:
 # the exercise pages' blocks, made with AVX512 kernels and rerun with AVX2 ones, moved up to 19%
-OTHER_MACHINE_ABS = 0.05  # and near zero, where a relative move says nothing: Run A's whole-set
-# rise is -0.053 on AVX2 and -0.033 on AVX512, "no rise" on both (a rise is > 0.1)
+OTHER_MACHINE_ABS = 0.05  # and near zero, where a relative move says nothing: a control run's
+# whole-set rise is -0.053 on AVX2 and -0.033 on AVX512, "no rise" on both (a rise is > 0.1)
 
 
 def commit(root: Path) -> str:
