@@ -10,6 +10,7 @@ by `clip_factor = 1.0` and `seed=42 grad_clip=1.0 just phase-19-train` trains Ru
 
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
@@ -84,13 +85,19 @@ class Loop:
         try:
             status = self._steps()
             self.worker.close()
-            self._flush()
         except BaseException:
             self.worker.close(raise_error=False)  # the loop's error is the one to report
-            if not self.writers_failed:  # the steps before the error are still written
-                self._flush()
+            with contextlib.suppress(Exception):
+                self._flush_rest()
             raise
+        self._flush_rest()
         return status
+
+    def _flush_rest(self) -> None:
+        """The pending steps whose losses are in, unless a writer broke off mid-step (a
+        second Ctrl-C, say): some logs hold that step, so none may hold a later one."""
+        if not self.writers_failed:
+            self._flush()
 
     def _steps(self) -> str:
         t = self.cfg.train
