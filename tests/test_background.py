@@ -24,7 +24,7 @@ def _train(out, extra=()):
 
 
 @pytest.mark.parametrize("extra", [(), ("optimizer.grad_clip=null",)])
-def test_the_log_thread_writes_the_training_threads_bytes(tmp_path, extra):
+def test_the_eval_thread_writes_the_training_threads_bytes(tmp_path, extra):
     threaded = _train(tmp_path / "thread", extra)
     inline = _train(tmp_path / "inline", (*extra, "train.log_thread=false"))
     for name in FILES:

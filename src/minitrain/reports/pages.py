@@ -132,12 +132,17 @@ def made_on(page: str | Path) -> str | None:
 def tolerance(page: str | Path, same: float = 0.02) -> float:
     """The relative tolerance a test holds a page's numbers to against fresh runs: `same` on
     the machine the page names, OTHER_MACHINE elsewhere."""
-    return same if made_on(page) == machine() else OTHER_MACHINE
+    return same if _here(page) else OTHER_MACHINE
 
 
 def floor(page: str | Path) -> float:
     """The absolute tolerance beside `tolerance`: for numbers near zero."""
-    return 1e-3 if made_on(page) == machine() else OTHER_MACHINE_ABS
+    return 1e-3 if _here(page) else OTHER_MACHINE_ABS
+
+
+def _here(page: str | Path) -> bool:
+    """Whether this machine is the one the page's blocks were made on."""
+    return made_on(page) == machine()
 
 
 def stamp(page: str | Path, command: str, root: Path = Path("."),
